@@ -1,0 +1,111 @@
+//! Time: a cheap monotonic millisecond clock, and the owning-process token.
+//!
+//! The clock is `CLOCK_MONOTONIC_COARSE` (read through the vDSO, no system
+//! call; resolution one kernel tick, typically 1 to 4 ms, see
+//! [`resolution_ms`]). It is system-wide, so processes sharing a region agree
+//! on it, and it never follows wall-clock steps. It does not advance while
+//! the machine is suspended. Every check also has an `_at(now_ms)` form that
+//! takes the caller's clock instead.
+
+/// Milliseconds of the system's coarse monotonic clock.
+#[inline]
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1000).wrapping_add(ts.tv_nsec as u64 / 1_000_000)
+}
+
+/// Resolution of [`now_ms`] in ms (rounded up).
+pub fn resolution_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: as above.
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64 * 1000 + (ts.tv_nsec as u64).div_ceil(1_000_000)).max(1)
+}
+
+/// Identifies a process for connection ownership: pid in the high 32 bits and
+/// the low 32 bits of its start time (clock ticks since boot), so a reused
+/// pid is not mistaken for the process that died.
+#[cfg(not(loom))]
+pub(crate) mod process {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Once;
+
+    static TOKEN: AtomicU64 = AtomicU64::new(0);
+    static AT_FORK: Once = Once::new();
+
+    extern "C" fn forget_token() {
+        TOKEN.store(0, Ordering::Relaxed);
+    }
+
+    /// This process's token, computed once (and again after fork).
+    #[inline]
+    pub(crate) fn token() -> u64 {
+        let t = TOKEN.load(Ordering::Relaxed);
+        if t != 0 {
+            return t;
+        }
+        slow_token()
+    }
+
+    #[cold]
+    fn slow_token() -> u64 {
+        AT_FORK.call_once(|| {
+            // SAFETY: registering a handler that only stores to an atomic.
+            unsafe { libc::pthread_atfork(None, None, Some(forget_token)) };
+        });
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() } as u32;
+        let t = ((pid as u64) << 32) | start_time(pid).unwrap_or(0) as u64;
+        TOKEN.store(t, Ordering::Relaxed);
+        t
+    }
+
+    /// Low 32 bits of a process's start time, from /proc/<pid>/stat field 22;
+    /// `Some(None)` for a zombie (it has exited), `None` when there is no entry.
+    fn stat(pid: u32) -> Option<Option<u32>> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may contain spaces; fields resume after ')'.
+        let rest = s.get(s.rfind(')')? + 2..)?;
+        let mut fields = rest.split(' ');
+        if fields.next()? == "Z" {
+            return Some(None);
+        }
+        let v: u64 = fields.nth(18)?.parse().ok()?;
+        Some(Some(v as u32))
+    }
+
+    fn start_time(pid: u32) -> Option<u32> {
+        stat(pid).flatten()
+    }
+
+    /// Whether the process a token names is still running (a zombie is not).
+    pub(crate) fn is_alive(token: u64) -> bool {
+        let pid = (token >> 32) as u32;
+        if pid == 0 {
+            return true;
+        }
+        match stat(pid) {
+            Some(Some(st)) => (token as u32) == 0 || st == token as u32,
+            Some(None) => false,
+            None if std::path::Path::new("/proc/self/stat").exists() => false,
+            None => {
+                // No /proc at all: ask the kernel (EPERM still means it exists).
+                // SAFETY: kill with signal 0 only checks for existence.
+                let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+                r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+            }
+        }
+    }
+}
+
+#[cfg(loom)]
+pub(crate) mod process {
+    pub(crate) fn token() -> u64 {
+        1 << 32
+    }
+    pub(crate) fn is_alive(_token: u64) -> bool {
+        true
+    }
+}

@@ -1,0 +1,951 @@
+//! The engine: connect, check_message, check_key, disconnect, and the
+//! observation calls, over one region.
+//!
+//! Every decision reads the limits once (one consistent snapshot), rolls the
+//! affected window words to now, decides, and commits with one CAS per word.
+//! A denied request changes no counter (only the denial statistics).
+//! When a message is limited both per connection and per client, the client
+//! word is charged first and refunded if the connection's CAS then finds the
+//! connection over its limit (possible only when one connection is checked
+//! from two threads at once), so a message is counted against all of its
+//! windows or none.
+
+use crate::clock::{self, process};
+use crate::conn::{self, NO_CLIENT};
+use crate::decision::{Decision, Reason};
+use crate::error::Error;
+use crate::events::{self, Callbacks, Violation, ViolationCallback};
+use crate::limits::Limits;
+use crate::packed::{Conns, Traffic, BYTES_MAX, CONN_MAX, MSGS_MAX, TAG_MASK};
+use crate::region::{Region, Snapshot, LANES};
+use crate::stats::{self, ConnectionInfo, Stats};
+use crate::sync::{AtomicU128, Ordering};
+use crate::table::{self, Found};
+use crate::window::{self, apply, step, Position, Rolled, RETRY_NEVER};
+use core::num::NonZeroU64;
+
+/// Retries of a lookup whose slot was reclaimed under it before giving up
+/// with `TableFull` (bounded, so no thread spins for ever: C6).
+const MAX_RELOOKUPS: u32 = 64;
+
+/// A connection handle: `(generation << 32) | (index + 1)`; never 0.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conn(NonZeroU64);
+
+impl Conn {
+    /// The C ABI's `rt_conn` value.
+    pub fn raw(self) -> u64 {
+        self.0.get()
+    }
+
+    /// A handle from an `rt_conn` value; `None` for 0. Any other value is
+    /// accepted here and checked (index, generation) when used.
+    pub fn from_raw(v: u64) -> Option<Conn> {
+        NonZeroU64::new(v).map(Conn)
+    }
+}
+
+enum Memory {
+    Heap { ptr: *mut u8, layout: std::alloc::Layout },
+    Borrowed,
+}
+
+/// A rate limiter over one region. `Send + Sync`: share it between threads
+/// by reference or `Arc`; every method takes `&self`.
+///
+/// ```
+/// use ratethrottle::{Limiter, Limits, Reason};
+/// let lim = Limiter::new(&Limits { messages_per_window: 2, ..Limits::default() }).unwrap();
+/// let (d, conn) = lim.connect_at(b"203.0.113.7", 0);
+/// assert!(d.allowed);
+/// let conn = conn.unwrap();
+/// assert!(lim.check_message_at(conn, 100, 0).allowed);
+/// assert!(lim.check_message_at(conn, 100, 0).allowed);
+/// let d = lim.check_message_at(conn, 100, 0);
+/// assert_eq!(d.reason, Reason::MessageRate);
+/// // Sliding window: the two messages decay through the next window and a
+/// // third fits when 2 * (1 - x) + 1 <= 2, half-way in: 60 s + 30 s.
+/// assert_eq!(d.retry_after_ms, 90_000);
+/// lim.disconnect(conn);
+/// ```
+pub struct Limiter {
+    region: Region,
+    memory: Memory,
+    callbacks: Callbacks,
+}
+
+// SAFETY: the region is only atomics; the heap memory is owned and freed once.
+unsafe impl Send for Limiter {}
+// SAFETY: as above; callbacks are Send + Sync.
+unsafe impl Sync for Limiter {}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        if let Memory::Heap { ptr, layout } = self.memory {
+            // SAFETY: allocated in `new` with this layout; freed exactly once.
+            unsafe { std::alloc::dealloc(ptr, layout) };
+        }
+    }
+}
+
+/// One windowed check: a limit, a window pair rolled to now, and a cost.
+#[derive(Clone, Copy)]
+struct Check {
+    reason: Reason,
+    limit: u64,
+    prev: u64,
+    cur: u64,
+    cost: u64,
+    window_ms: u64,
+    elapsed_ms: u64,
+}
+
+impl Check {
+    fn enabled(&self) -> bool {
+        self.limit != 0
+    }
+    fn passes(&self) -> bool {
+        !self.enabled() || window::admits(self.prev, self.cur, self.cost, self.limit, self.window_ms, self.elapsed_ms)
+    }
+    fn retry(&self) -> u64 {
+        window::retry_after(self.prev, self.cur, self.cost, self.limit, self.window_ms, self.elapsed_ms)
+    }
+    fn estimate(&self, charged: u64) -> u64 {
+        window::estimate(self.prev, self.cur.saturating_add(charged), self.window_ms, self.elapsed_ms)
+    }
+    fn remaining(&self, charged: u64) -> u64 {
+        window::remaining(self.prev, self.cur.saturating_add(charged), self.limit, self.window_ms, self.elapsed_ms)
+    }
+}
+
+/// The outcome of a list of checks: the first failing one and the wait
+/// until all of them pass.
+struct Verdict {
+    fail: Option<Check>,
+    retry_after_ms: u64,
+}
+
+fn judge(checks: &[Check]) -> Verdict {
+    let mut v = Verdict { fail: None, retry_after_ms: 0 };
+    for c in checks.iter().filter(|c| !c.passes()) {
+        v.fail.get_or_insert(*c);
+        v.retry_after_ms = v.retry_after_ms.max(c.retry());
+    }
+    v
+}
+
+/// The decision for a failed check.
+fn denial(c: &Check, retry_after_ms: u64) -> Decision {
+    Decision {
+        allowed: false,
+        reason: c.reason,
+        retry_after_ms,
+        limit: c.limit,
+        remaining: c.remaining(0),
+        current: c.estimate(0),
+    }
+}
+
+/// The decision for an allowed request: the first enabled limit reports.
+fn allowance(checks: &[Check]) -> Decision {
+    let mut d = Decision::allow();
+    if let Some(c) = checks.iter().find(|c| c.enabled()) {
+        d.limit = c.limit;
+        d.current = c.estimate(c.cost);
+        d.remaining = c.remaining(c.cost);
+    }
+    d
+}
+
+/// A traffic word rolled to now.
+#[derive(Clone, Copy)]
+struct RolledTraffic {
+    msgs: Rolled,
+    bytes: Rolled,
+}
+
+fn roll_traffic(t: &Traffic, pos: Position) -> RolledTraffic {
+    let empty = t.msgs_prev | t.msgs_cur | t.bytes_prev | t.bytes_cur == 0;
+    let s = step(t.id, pos, empty);
+    RolledTraffic {
+        msgs: apply(s, t.id, t.msgs_prev, t.msgs_cur, pos),
+        bytes: apply(s, t.id, t.bytes_prev, t.bytes_cur, pos),
+    }
+}
+
+/// Adds `cost` to a count, saturating at `max`; returns (count, overflow).
+#[inline]
+fn saturate(cur: u64, cost: u64, max: u64) -> (u64, u64) {
+    let sum = cur.saturating_add(cost);
+    if sum > max {
+        (max, sum - max)
+    } else {
+        (sum, 0)
+    }
+}
+
+/// What a charge changed, so it can be refunded.
+#[derive(Clone, Copy)]
+struct Charge {
+    id: u64,
+    msgs: u64,
+    bytes: u64,
+}
+
+impl Limiter {
+    fn from_region(region: Region, memory: Memory) -> Limiter {
+        Limiter { region, memory, callbacks: Callbacks::new() }
+    }
+
+    /// A limiter whose region lives on the heap, owned by it.
+    pub fn new(limits: &Limits) -> Result<Limiter, Error> {
+        #[cfg(loom)]
+        {
+            Ok(Limiter::from_region(Region::new_loom(limits)?, Memory::Borrowed))
+        }
+        #[cfg(not(loom))]
+        {
+            let size = Region::size_for(limits)?;
+            let layout = std::alloc::Layout::from_size_align(size, crate::region::ALIGN)
+                .map_err(|_| Error::InvalidArgument("region size overflows"))?;
+            // SAFETY: layout has a non-zero size (a header at least).
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+            if ptr.is_null() {
+                return Err(Error::OutOfMemory);
+            }
+            // SAFETY: ptr is a fresh, aligned allocation of `size` bytes that
+            // lives until Drop.
+            match unsafe { Region::init(ptr, size, limits) } {
+                Ok(region) => Ok(Limiter::from_region(region, Memory::Heap { ptr, layout })),
+                Err(e) => {
+                    // SAFETY: allocated just above with this layout.
+                    unsafe { std::alloc::dealloc(ptr, layout) };
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Bytes a region for these limits needs (for [`Limiter::init_in`] and
+    /// shared memory).
+    pub fn region_size(limits: &Limits) -> Result<usize, Error> {
+        Region::size_for(limits)
+    }
+
+    /// Formats a region in caller memory (for example a `MAP_SHARED` mapping)
+    /// and returns a limiter over it. The memory is not freed by the limiter.
+    ///
+    /// # Safety
+    /// `mem` must be valid for reads and writes of `len` bytes, aligned to 64
+    /// bytes, and outlive every limiter that uses it; nobody may use it while
+    /// this runs.
+    #[cfg(not(loom))]
+    pub unsafe fn init_in(mem: *mut u8, len: usize, limits: &Limits) -> Result<Limiter, Error> {
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { Region::init(mem, len, limits)? };
+        Ok(Limiter::from_region(region, Memory::Borrowed))
+    }
+
+    /// Attaches to a region formatted by [`Limiter::init_in`] (in this or
+    /// another process). Validates magic, layout version and sizes.
+    ///
+    /// # Safety
+    /// `mem` must be valid for reads and writes of `len` bytes, aligned to 64
+    /// bytes, and outlive the limiter.
+    #[cfg(not(loom))]
+    pub unsafe fn attach(mem: *mut u8, len: usize) -> Result<Limiter, Error> {
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { Region::attach(mem, len)? };
+        Ok(Limiter::from_region(region, Memory::Borrowed))
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.region.header().limits()
+    }
+
+    /// Changes rates, sizes, window and flags at run time; every thread and
+    /// every attached process uses them from its next check. Capacities
+    /// cannot change. A new `window_ms` starts every window afresh.
+    pub fn update_limits(&self, limits: &Limits) -> Result<(), Error> {
+        self.update_limits_at(limits, clock::now_ms())
+    }
+
+    /// [`Limiter::update_limits`] with the caller's clock (for fake clocks).
+    pub fn update_limits_at(&self, limits: &Limits, now_ms: u64) -> Result<(), Error> {
+        limits.validate()?;
+        let h = self.region.header();
+        if limits.max_clients != h.max_clients.load(Ordering::Relaxed)
+            || limits.max_connections != h.max_connections.load(Ordering::Relaxed)
+        {
+            return Err(Error::InvalidArgument("max_clients and max_connections cannot change at run time"));
+        }
+        h.write_limits(limits, now_ms);
+        Ok(())
+    }
+
+    /// Frees the connections whose owning process no longer exists; returns
+    /// how many. Hosts call it when a worker starts.
+    pub fn reap_dead(&self) -> usize {
+        let mut verdicts: Vec<(u64, bool)> = Vec::new();
+        let mut reaped = 0;
+        for (handle, live) in conn::live_connections(&self.region).collect::<Vec<_>>() {
+            let owner = self.region.conn(live.index).owner.load(Ordering::Relaxed);
+            let alive = match verdicts.iter().find(|(t, _)| *t == owner) {
+                Some((_, a)) => *a,
+                None => {
+                    let a = process::is_alive(owner);
+                    verdicts.push((owner, a));
+                    a
+                }
+            };
+            if !alive && self.disconnect_raw(handle) {
+                reaped += 1;
+            }
+        }
+        reaped
+    }
+
+    // ---- connections -------------------------------------------------
+
+    /// Atomically checks and registers a connection of `client`, reading the
+    /// limiter's clock. See [`Limiter::connect_at`].
+    pub fn connect(&self, client: &[u8]) -> (Decision, Option<Conn>) {
+        self.connect_at(client, clock::now_ms())
+    }
+
+    /// Atomically checks table capacity, concurrency and connection rate for
+    /// `client`, in that order, and registers the connection when they pass:
+    /// two racing connects never both take the last slot. Returns the handle
+    /// when allowed (also in dry-run mode, and untracked in fail-open mode
+    /// when the table is full).
+    pub fn connect_at(&self, client: &[u8], now_ms: u64) -> (Decision, Option<Conn>) {
+        self.connect_inner(client, now_ms, true)
+    }
+
+    fn connect_inner(&self, client: &[u8], now_ms: u64, enforce: bool) -> (Decision, Option<Conn>) {
+        let r = &self.region;
+        let snap = r.header().snapshot();
+        let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+        let h = table::hash(r, client);
+        let lane = (h >> 96) as usize % LANES;
+        for _ in 0..MAX_RELOOKUPS {
+            let Ok(found) = table::find_or_insert(r, h, client, pos) else {
+                return self.table_full(&snap, client, lane, now_ms);
+            };
+            let Some(index) = conn::alloc(r, lane) else {
+                return self.table_full(&snap, client, lane, now_ms);
+            };
+            match self.admit(found, &snap, pos, enforce) {
+                Admit::Stale => conn::release(r, index),
+                Admit::Denied(d) => {
+                    conn::release(r, index);
+                    return (self.report(d, found.index as usize, client, 0, 1, now_ms), None);
+                }
+                Admit::Allowed(d) => {
+                    let handle = conn::open(r, index, found.index, found.epoch, pos.id, now_ms, process::token());
+                    r.count(found.index as usize, |s| &s.connections_allowed, 1);
+                    let d = if d.reason != Reason::Ok {
+                        self.report(d, found.index as usize, client, handle, 1, now_ms)
+                    } else {
+                        d
+                    };
+                    return (d, Conn::from_raw(handle));
+                }
+            }
+        }
+        self.table_full(&snap, client, lane, now_ms)
+    }
+
+    /// Counts one connection on a client's conns word, after checking
+    /// concurrency and rate (unless `enforce` is false: the seed's register).
+    fn admit(&self, found: Found, snap: &Snapshot, pos: Position, enforce: bool) -> Admit {
+        let slot = &self.region.client(found.index).conns;
+        let mut w = slot.load(Ordering::Acquire);
+        loop {
+            let c = Conns::unpack(w);
+            if c.epoch != found.epoch {
+                return Admit::Stale;
+            }
+            let r = window::roll(c.id, c.prev, c.cur, pos);
+            let rate = Check {
+                reason: Reason::ConnectionRate,
+                limit: snap.connections_per_window,
+                prev: r.prev,
+                cur: r.cur,
+                cost: 1,
+                window_ms: snap.window_ms,
+                elapsed_ms: r.elapsed_ms,
+            };
+            let conc_fail = snap.max_concurrent != 0 && c.active + 1 > snap.max_concurrent;
+            let mut d = if conc_fail {
+                Decision {
+                    allowed: false,
+                    reason: Reason::ConcurrentConnections,
+                    retry_after_ms: 0,
+                    limit: snap.max_concurrent,
+                    remaining: 0,
+                    current: c.active,
+                }
+            } else if !rate.passes() {
+                denial(&rate, rate.retry())
+            } else if snap.max_concurrent != 0 {
+                Decision {
+                    allowed: true,
+                    reason: Reason::Ok,
+                    retry_after_ms: 0,
+                    limit: snap.max_concurrent,
+                    remaining: snap.max_concurrent - (c.active + 1),
+                    current: c.active + 1,
+                }
+            } else {
+                allowance(&[rate])
+            };
+            if !d.allowed && enforce {
+                if !snap.dry_run() {
+                    return Admit::Denied(d);
+                }
+                d.allowed = true;
+            } else if !d.allowed {
+                d = Decision::allow();
+            }
+            let new = Conns {
+                epoch: c.epoch,
+                id: r.id,
+                prev: r.prev,
+                cur: saturate(r.cur, 1, CONN_MAX).0,
+                active: (c.active + 1).min(CONN_MAX),
+            };
+            // AcqRel: one CAS decides and counts, so racing connects are
+            // serialised on this word (C1).
+            match slot.compare_exchange(w, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Admit::Allowed(d),
+                Err(cur) => w = cur,
+            }
+        }
+    }
+
+    fn table_full(&self, snap: &Snapshot, client: &[u8], lane: usize, now_ms: u64) -> (Decision, Option<Conn>) {
+        let r = &self.region;
+        let d = Decision { retry_after_ms: 0, ..Decision::deny(Reason::TableFull) };
+        if snap.fail_open() {
+            r.count(lane, |s| &s.untracked_allowed, 1);
+            r.count(lane, |s| &s.connections_allowed, 1);
+            let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+            let handle = conn::alloc(r, lane).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, process::token()));
+            return (Decision { allowed: true, ..d }, handle.and_then(Conn::from_raw));
+        }
+        (self.report(d, lane, client, 0, 1, now_ms), None)
+    }
+
+    /// Closes a connection: frees its concurrency slot. Idempotent; a stale
+    /// or forged handle is ignored. Returns whether this call closed it.
+    pub fn disconnect(&self, conn: Conn) -> bool {
+        self.disconnect_raw(conn.raw())
+    }
+
+    pub(crate) fn disconnect_raw(&self, handle: u64) -> bool {
+        let r = &self.region;
+        let Some((index, closed)) = conn::close(r, handle) else {
+            return false;
+        };
+        if closed.client != NO_CLIENT && closed.client < r.layout.slots() {
+            let slot = &r.client(closed.client).conns;
+            let mut w = slot.load(Ordering::Acquire);
+            loop {
+                let mut c = Conns::unpack(w);
+                if c.epoch != closed.client_epoch || c.active == 0 {
+                    break;
+                }
+                c.active -= 1;
+                // AcqRel: pairs with the connects that read this word.
+                match slot.compare_exchange(w, c.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break,
+                    Err(cur) => w = cur,
+                }
+            }
+        }
+        r.count(index as usize, |s| &s.closed_messages, closed.messages);
+        r.count(index as usize, |s| &s.closed_bytes, closed.bytes);
+        conn::recycle(r, index);
+        true
+    }
+
+    /// The seed's `check_connection`: decides without registering. Racy by
+    /// design: use [`Limiter::connect`] to decide and register in one step.
+    pub fn check_connection(&self, client: &[u8]) -> Decision {
+        self.check_connection_at(client, clock::now_ms())
+    }
+
+    /// [`Limiter::check_connection`] with the caller's clock.
+    pub fn check_connection_at(&self, client: &[u8], now_ms: u64) -> Decision {
+        let r = &self.region;
+        let snap = r.header().snapshot();
+        let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+        let h = table::hash(r, client);
+        let (c, stripe) = match table::find(r, h) {
+            Some(f) => (Conns::unpack(r.client(f.index).conns.load(Ordering::Acquire)), f.index as usize),
+            None => (Conns::default(), (h >> 96) as usize),
+        };
+        let roll = window::roll(c.id, c.prev, c.cur, pos);
+        let rate = Check {
+            reason: Reason::ConnectionRate,
+            limit: snap.connections_per_window,
+            prev: roll.prev,
+            cur: roll.cur,
+            cost: 1,
+            window_ms: snap.window_ms,
+            elapsed_ms: roll.elapsed_ms,
+        };
+        let mut d = if snap.max_concurrent != 0 && c.active + 1 > snap.max_concurrent {
+            Decision {
+                allowed: false,
+                reason: Reason::ConcurrentConnections,
+                retry_after_ms: 0,
+                limit: snap.max_concurrent,
+                remaining: 0,
+                current: c.active,
+            }
+        } else if !rate.passes() {
+            denial(&rate, rate.retry())
+        } else {
+            return allowance(&[rate]);
+        };
+        d = self.report(d, stripe, client, 0, 1, now_ms);
+        d
+    }
+
+    /// The seed's `register_connection`: counts a connection without checking
+    /// limits (call [`Limiter::check_connection`] first). Racy by design.
+    pub fn register_connection(&self, client: &[u8]) -> Result<Conn, Error> {
+        self.register_connection_at(client, clock::now_ms())
+    }
+
+    /// [`Limiter::register_connection`] with the caller's clock.
+    pub fn register_connection_at(&self, client: &[u8], now_ms: u64) -> Result<Conn, Error> {
+        match self.connect_inner(client, now_ms, false) {
+            (_, Some(c)) => Ok(c),
+            (_, None) => Err(Error::TableFull),
+        }
+    }
+
+    /// Live connections of a client (0 when unknown).
+    pub fn client_connections(&self, client: &[u8]) -> u32 {
+        let r = &self.region;
+        table::find(r, table::hash(r, client))
+            .map(|f| Conns::unpack(r.client(f.index).conns.load(Ordering::Acquire)).active as u32)
+            .unwrap_or(0)
+    }
+
+    // ---- messages ----------------------------------------------------
+
+    /// Checks one message of `size` bytes on a connection, reading the
+    /// limiter's clock. See [`Limiter::check_message_at`].
+    #[inline]
+    pub fn check_message(&self, conn: Conn, size: u64) -> Decision {
+        self.check_message_at(conn, size, clock::now_ms())
+    }
+
+    /// Checks, in order: the handle, `max_message_size`, the connection's
+    /// message rate and bandwidth, the client's message rate and bandwidth.
+    /// Allowed messages count against every one of them; denied ones
+    /// against none.
+    pub fn check_message_at(&self, conn: Conn, size: u64, now_ms: u64) -> Decision {
+        let r = &self.region;
+        let Some((live, slot)) = conn::lookup(r, conn.raw()) else {
+            r.count(0, |s| &s.denied[Reason::UnknownConnection as usize], 1);
+            return Decision::deny(Reason::UnknownConnection);
+        };
+        let snap = r.header().snapshot();
+        let mut would_deny: Option<Decision> = None;
+        if snap.max_message_size != 0 && size > snap.max_message_size {
+            let d = Decision {
+                allowed: false,
+                reason: Reason::MessageTooLarge,
+                retry_after_ms: RETRY_NEVER,
+                limit: snap.max_message_size,
+                remaining: 0,
+                current: size,
+            };
+            if !snap.dry_run() {
+                return self.report_conn(d, &live, size, now_ms);
+            }
+            would_deny = Some(d);
+        }
+        let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+        let tag = live.generation & TAG_MASK;
+        let client = (live.client != NO_CLIENT && snap.client_limited()).then_some(live.client);
+
+        // Decide on the connection word first, without writing it.
+        let tw = slot.traffic.load(Ordering::Acquire);
+        let t = Traffic::unpack(tw);
+        if t.tag != tag {
+            return Decision::deny(Reason::UnknownConnection);
+        }
+        let conn_checks = conn_checks(&snap, roll_traffic(&t, pos), size);
+        let v = judge(&conn_checks);
+        if let Some(fail) = v.fail {
+            let mut retry = v.retry_after_ms;
+            if let Some(ci) = client {
+                retry = retry.max(self.client_retry(ci, &snap, pos, size));
+            }
+            let d = denial(&fail, retry);
+            if !snap.dry_run() {
+                return self.report_conn(d, &live, size, now_ms);
+            }
+            would_deny.get_or_insert(d);
+        }
+        // Charge the client word (if limited), then the connection word.
+        let mut client_charge = None;
+        if let Some(ci) = client {
+            match self.charge_client(ci, live.client_epoch, &snap, pos, size) {
+                Ok((charge, d)) => {
+                    client_charge = Some(charge);
+                    if let Some(d) = d {
+                        would_deny.get_or_insert(d);
+                    }
+                }
+                Err(d) => return self.report_conn(d, &live, size, now_ms),
+            }
+        }
+        match self.charge_conn(slot, tag, &snap, pos, size, tw) {
+            Ok(allowed) => {
+                slot.last_message_at_ms.store(now_ms, Ordering::Relaxed);
+                match would_deny {
+                    Some(mut d) => {
+                        d.allowed = true;
+                        self.report_conn(d, &live, size, now_ms)
+                    }
+                    None => allowed,
+                }
+            }
+            Err(d) => {
+                if let (Some(ci), Some(ch)) = (client, client_charge) {
+                    refund(&r.client(ci).traffic, ch);
+                }
+                self.report_conn(d, &live, size, now_ms)
+            }
+        }
+    }
+
+    /// Commits a message to the connection word (CAS loop, re-deciding on
+    /// every retry). `Err` when a racing check used up the budget.
+    fn charge_conn(
+        &self,
+        slot: &crate::region::ConnSlot,
+        tag: u64,
+        snap: &Snapshot,
+        pos: Position,
+        size: u64,
+        mut tw: u128,
+    ) -> Result<Decision, Decision> {
+        loop {
+            let t = Traffic::unpack(tw);
+            if t.tag != tag {
+                return Err(Decision::deny(Reason::UnknownConnection));
+            }
+            let rt = roll_traffic(&t, pos);
+            let checks = conn_checks(snap, rt, size);
+            let v = judge(&checks);
+            if let Some(fail) = v.fail {
+                if !snap.dry_run() {
+                    return Err(denial(&fail, v.retry_after_ms));
+                }
+            }
+            let (mc, mo) = saturate(rt.msgs.cur, 1, MSGS_MAX);
+            let (bc, bo) = saturate(rt.bytes.cur, size, BYTES_MAX);
+            let new = Traffic {
+                tag,
+                id: rt.msgs.id,
+                msgs_prev: rt.msgs.prev,
+                msgs_cur: mc,
+                bytes_prev: rt.bytes.prev,
+                bytes_cur: bc,
+            };
+            // AcqRel: one CAS decides message rate and bandwidth together.
+            match slot.traffic.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let (dm, db) = (rt.msgs.dropped + mo, rt.bytes.dropped + bo);
+                    if dm != 0 {
+                        slot.acc_messages.fetch_add(dm, Ordering::Relaxed);
+                    }
+                    if db != 0 {
+                        slot.acc_bytes.fetch_add(db, Ordering::Relaxed);
+                    }
+                    return Ok(allowance(&checks));
+                }
+                Err(cur) => tw = cur,
+            }
+        }
+    }
+
+    /// Commits one message of `size` to a client or key word. `Ok` carries
+    /// the charge and, in dry-run mode, the would-be denial.
+    fn charge_client(
+        &self,
+        index: u32,
+        epoch: u64,
+        snap: &Snapshot,
+        pos: Position,
+        size: u64,
+    ) -> Result<(Charge, Option<Decision>), Decision> {
+        let word = &self.region.client(index).traffic;
+        let tag = epoch & TAG_MASK;
+        let mut tw = word.load(Ordering::Acquire);
+        loop {
+            let t = Traffic::unpack(tw);
+            if t.tag != tag {
+                // The slot was reclaimed (keys only): the caller looks again.
+                return Err(Decision::deny(Reason::TableFull));
+            }
+            let rt = roll_traffic(&t, pos);
+            let checks = client_checks(snap, rt, size);
+            let v = judge(&checks);
+            let mut dry = None;
+            if let Some(fail) = v.fail {
+                let d = denial(&fail, v.retry_after_ms);
+                if !snap.dry_run() {
+                    return Err(d);
+                }
+                dry = Some(d);
+            }
+            let (mc, _) = saturate(rt.msgs.cur, 1, MSGS_MAX);
+            let (bc, _) = saturate(rt.bytes.cur, size, BYTES_MAX);
+            let new = Traffic {
+                tag,
+                id: rt.msgs.id,
+                msgs_prev: rt.msgs.prev,
+                msgs_cur: mc,
+                bytes_prev: rt.bytes.prev,
+                bytes_cur: bc,
+            };
+            // AcqRel: decides and counts the client's windows in one step.
+            match word.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let charge = Charge { id: rt.msgs.id, msgs: mc - rt.msgs.cur, bytes: bc - rt.bytes.cur };
+                    return Ok((charge, dry));
+                }
+                Err(cur) => tw = cur,
+            }
+        }
+    }
+
+    /// The wait until a client's windows would take this message.
+    fn client_retry(&self, index: u32, snap: &Snapshot, pos: Position, size: u64) -> u64 {
+        let t = Traffic::unpack(self.region.client(index).traffic.load(Ordering::Acquire));
+        judge(&client_checks(snap, roll_traffic(&t, pos), size)).retry_after_ms
+    }
+
+    /// Checks one message of `size` bytes against a key's (room's, channel's,
+    /// user's) aggregate limits: `client_messages_per_window` and
+    /// `client_bytes_per_window`. Keys share the table with client ids.
+    pub fn check_key(&self, key: &[u8], size: u64) -> Decision {
+        self.check_key_at(key, size, clock::now_ms())
+    }
+
+    /// [`Limiter::check_key`] with the caller's clock.
+    pub fn check_key_at(&self, key: &[u8], size: u64, now_ms: u64) -> Decision {
+        let r = &self.region;
+        let snap = r.header().snapshot();
+        let h = table::hash(r, key);
+        if !snap.client_limited() {
+            r.count((h >> 96) as usize, |s| &s.keys_allowed, 1);
+            return Decision::allow();
+        }
+        let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+        for _ in 0..MAX_RELOOKUPS {
+            let Ok(found) = table::find_or_insert(r, h, key, pos) else {
+                break;
+            };
+            let stripe = found.index as usize;
+            match self.charge_client(found.index, found.epoch, &snap, pos, size) {
+                Ok((_, dry)) => {
+                    r.count(stripe, |s| &s.keys_allowed, 1);
+                    let t = Traffic::unpack(r.client(found.index).traffic.load(Ordering::Relaxed));
+                    return match dry {
+                        Some(mut d) => {
+                            d.allowed = true;
+                            self.report(d, stripe, key, 0, size, now_ms)
+                        }
+                        None => allowance(&client_checks(&snap, roll_traffic(&t, pos), 0)),
+                    };
+                }
+                Err(d) if d.reason == Reason::TableFull => continue,
+                Err(d) => return self.report(d, stripe, key, 0, size, now_ms),
+            }
+        }
+        let d = Decision::deny(Reason::TableFull);
+        if snap.fail_open() {
+            r.count((h >> 96) as usize, |s| &s.untracked_allowed, 1);
+            return Decision { allowed: true, ..d };
+        }
+        self.report(d, (h >> 96) as usize, key, 0, size, now_ms)
+    }
+
+    // ---- reporting and observation -------------------------------------
+
+    fn report_conn(&self, d: Decision, live: &conn::Live, size: u64, now_ms: u64) -> Decision {
+        let (id, len) =
+            if live.client == NO_CLIENT { ([0u8; 40], 0) } else { table::client_id(&self.region, live.client) };
+        let handle = conn::handle(live.index, live.generation);
+        self.report_id(d, live.index as usize, &id[..(len as usize).min(40)], len, handle, size, now_ms)
+    }
+
+    fn report(&self, d: Decision, stripe: usize, id: &[u8], conn: u64, size: u64, now_ms: u64) -> Decision {
+        self.report_id(d, stripe, id, id.len().min(u32::MAX as usize) as u32, conn, size, now_ms)
+    }
+
+    /// Counts a denial (or a dry-run would-be denial) and reports it to the
+    /// callback and the ring. Returns the decision unchanged.
+    #[allow(clippy::too_many_arguments)]
+    fn report_id(
+        &self,
+        d: Decision,
+        stripe: usize,
+        id: &[u8],
+        id_len: u32,
+        conn: u64,
+        size: u64,
+        now_ms: u64,
+    ) -> Decision {
+        let r = &self.region;
+        if d.allowed {
+            r.count(stripe, |s| &s.dry_run_denied, 1);
+        } else {
+            r.count(stripe, |s| &s.denied[d.reason as usize], 1);
+        }
+        if matches!(d.reason, Reason::UnknownConnection | Reason::InvalidArgument | Reason::Ok) {
+            return d;
+        }
+        let mut v = Violation::empty();
+        v.reason = d.reason;
+        let n = id.len().min(40);
+        v.client_id[..n].copy_from_slice(&id[..n]);
+        v.client_id_len = id_len;
+        v.conn = conn;
+        v.limit = d.limit;
+        v.current = d.current;
+        v.size = size;
+        v.retry_after_ms = d.retry_after_ms;
+        v.at_ms = now_ms;
+        self.callbacks.call(&v);
+        events::push(r, &v);
+        d
+    }
+
+    /// Statistics: counters plus a scan of every slot (O(capacity)).
+    pub fn stats(&self) -> Stats {
+        stats::collect(&self.region)
+    }
+
+    /// What is known of a live connection; `None` when closed or stale.
+    pub fn connection_info(&self, conn: Conn) -> Option<ConnectionInfo> {
+        stats::connection_info(&self.region, conn.raw())
+    }
+
+    /// The statistics in Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let mut s = String::new();
+        stats::prometheus(&self.stats(), &mut s);
+        s
+    }
+
+    /// Sets (or with `None` removes) the violation callback of this handle.
+    /// It runs synchronously on the deciding thread, for every denial and
+    /// every dry-run would-be denial; keep it short.
+    pub fn set_violation_callback(&self, cb: Option<ViolationCallback>) {
+        self.callbacks.set(cb);
+    }
+
+    /// Moves up to `out.len()` violations from the region's ring into `out`;
+    /// returns how many.
+    pub fn drain_violations(&self, out: &mut [Violation]) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            match events::pop(&self.region) {
+                Some(v) => {
+                    out[n] = v;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
+    }
+}
+
+enum Admit {
+    Allowed(Decision),
+    Denied(Decision),
+    Stale,
+}
+
+fn conn_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
+    [
+        Check {
+            reason: Reason::MessageRate,
+            limit: snap.messages_per_window,
+            prev: rt.msgs.prev,
+            cur: rt.msgs.cur,
+            cost: 1,
+            window_ms: snap.window_ms,
+            elapsed_ms: rt.msgs.elapsed_ms,
+        },
+        Check {
+            reason: Reason::Bandwidth,
+            limit: snap.bytes_per_window,
+            prev: rt.bytes.prev,
+            cur: rt.bytes.cur,
+            cost: size,
+            window_ms: snap.window_ms,
+            elapsed_ms: rt.bytes.elapsed_ms,
+        },
+    ]
+}
+
+fn client_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
+    [
+        Check {
+            reason: Reason::ClientMessageRate,
+            limit: snap.client_messages,
+            prev: rt.msgs.prev,
+            cur: rt.msgs.cur,
+            cost: 1,
+            window_ms: snap.window_ms,
+            elapsed_ms: rt.msgs.elapsed_ms,
+        },
+        Check {
+            reason: Reason::ClientBandwidth,
+            limit: snap.client_bytes,
+            prev: rt.bytes.prev,
+            cur: rt.bytes.cur,
+            cost: size,
+            window_ms: snap.window_ms,
+            elapsed_ms: rt.bytes.elapsed_ms,
+        },
+    ]
+}
+
+/// Takes a charge back from the window it landed in (the current one, or
+/// the previous one if the window has rotated once since).
+fn refund(word: &AtomicU128, ch: Charge) {
+    let mut tw = word.load(Ordering::Acquire);
+    loop {
+        let mut t = Traffic::unpack(tw);
+        if t.id == ch.id {
+            t.msgs_cur = t.msgs_cur.saturating_sub(ch.msgs);
+            t.bytes_cur = t.bytes_cur.saturating_sub(ch.bytes);
+        } else if t.id == (ch.id + 1) & ((1 << crate::packed::ID_BITS) - 1) {
+            t.msgs_prev = t.msgs_prev.saturating_sub(ch.msgs);
+            t.bytes_prev = t.bytes_prev.saturating_sub(ch.bytes);
+        } else {
+            return;
+        }
+        // AcqRel: as for charges.
+        match word.compare_exchange(tw, t.pack(), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(cur) => tw = cur,
+        }
+    }
+}

@@ -1,0 +1,741 @@
+//! The flat region: one contiguous block of atomics, with no pointers inside,
+//! so it can live on the heap, in caller memory, or in shared memory mapped
+//! at different addresses by several processes.
+//!
+//! ```text
+//! +--------+-----------+-----------+-------------+--------------+--------------+------+
+//! | Header | lanes[16] | stripes[16]| shard locks | client slots | conn slots   | ring |
+//! +--------+-----------+-----------+-------------+--------------+--------------+------+
+//! ```
+//!
+//! Every part starts on a 64-byte boundary. The header holds the magic, the
+//! layout version and hash, the capacities, the secret hash key and the
+//! limits (behind a sequence lock, so run-time updates are seen whole).
+//! Under `cfg(loom)` the same parts live in boxed arrays, because loom's
+//! atomics cannot be placed in raw memory.
+
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::sync::{spin_wait, AtomicU128, AtomicU32, AtomicU64, Ordering};
+
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RTHRTL\x00\x01");
+/// Bumped whenever the layout or the meaning of any word changes.
+pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LANES: usize = 16;
+pub(crate) const STRIPES: usize = 16;
+pub(crate) const RING_CAP: usize = 1024;
+pub(crate) const MAX_PROBE: u32 = 16;
+pub(crate) const ALIGN: usize = 64;
+
+const STATE_READY: u32 = 2;
+const STATE_INITIALIZING: u32 = 1;
+
+pub(crate) const FLAG_FAIL_OPEN: u32 = 1;
+pub(crate) const FLAG_DRY_RUN: u32 = 2;
+
+/// The region header. Every field is atomic: other processes may read it.
+#[repr(C, align(64))]
+pub(crate) struct Header {
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub state: AtomicU32,
+    pub region_len: AtomicU64,
+    pub layout_hash: AtomicU64,
+    pub max_clients: AtomicU32,
+    pub max_connections: AtomicU32,
+    pub shards: AtomicU32,
+    pub shard_len: AtomicU32,
+    pub hash_k0: AtomicU64,
+    pub hash_k1: AtomicU64,
+    pub limits_seq: AtomicU64,
+    pub window_ms: AtomicU64,
+    pub window_offset: AtomicU64,
+    pub connections_per_window: AtomicU64,
+    pub max_concurrent: AtomicU64,
+    pub messages_per_window: AtomicU64,
+    pub bytes_per_window: AtomicU64,
+    pub max_message_size: AtomicU64,
+    pub client_messages: AtomicU64,
+    pub client_bytes: AtomicU64,
+    pub flags: AtomicU32,
+    pub ring_head: AtomicU64,
+    pub ring_tail: AtomicU64,
+}
+
+/// A 64-bit word alone on its cache line (free-list heads, shard locks).
+#[repr(C, align(64))]
+pub(crate) struct Padded(pub AtomicU64);
+
+/// Statistics counters; threads add to the stripe of the slot they touch so
+/// that two threads on different clients do not share a line.
+#[repr(C, align(64))]
+pub(crate) struct Stripe {
+    pub connections_allowed: AtomicU64,
+    pub keys_allowed: AtomicU64,
+    pub denied: [AtomicU64; crate::decision::REASON_COUNT],
+    pub dry_run_denied: AtomicU64,
+    pub untracked_allowed: AtomicU64,
+    pub closed_messages: AtomicU64,
+    pub closed_bytes: AtomicU64,
+    pub violations_dropped: AtomicU64,
+}
+
+/// One client (or key) of the table. 128 bytes.
+#[repr(C, align(64))]
+pub(crate) struct ClientSlot {
+    /// Keyed 127-bit hash of the id; 0 = empty; top bit = insert pending.
+    pub key: AtomicU128,
+    /// Connection-rate window, live connections, epoch (see `packed`).
+    pub conns: AtomicU128,
+    /// Aggregate messages and bytes of the client or key (see `packed`).
+    pub traffic: AtomicU128,
+    pub id_len: AtomicU32,
+    pub id: [AtomicU64; 5],
+}
+
+/// One connection of the slab. 64 bytes.
+#[repr(C, align(64))]
+pub(crate) struct ConnSlot {
+    /// Messages and bytes per window, tagged with the generation's low bits.
+    pub traffic: AtomicU128,
+    /// live(1) | generation(23) | client epoch(16) | client index(24);
+    /// when free the low 24 bits hold the next free index + 1.
+    pub state: AtomicU64,
+    /// Token of the owning process (`clock::process`).
+    pub owner: AtomicU64,
+    pub connected_at_ms: AtomicU64,
+    pub last_message_at_ms: AtomicU64,
+    /// Messages and bytes that left the windows (lifetime totals).
+    pub acc_messages: AtomicU64,
+    pub acc_bytes: AtomicU64,
+}
+
+/// One violation record of the ring (Vyukov's bounded MPMC queue).
+#[repr(C, align(64))]
+pub(crate) struct RingCell {
+    pub seq: AtomicU64,
+    /// reason (low 32 bits) | client_id_len (high 32 bits).
+    pub head: AtomicU64,
+    pub id: [AtomicU64; 5],
+    pub conn: AtomicU64,
+    pub limit: AtomicU64,
+    pub current: AtomicU64,
+    pub size: AtomicU64,
+    pub retry_after_ms: AtomicU64,
+    pub at_ms: AtomicU64,
+}
+
+const _: () = assert!(core::mem::size_of::<ClientSlot>() <= 128);
+const _: () = assert!(core::mem::size_of::<ConnSlot>() <= 64);
+
+/// Offsets and counts of a region, derived from its two capacities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub max_clients: u32,
+    pub max_connections: u32,
+    pub shards: u32,
+    pub shard_len: u32,
+    pub lanes_off: usize,
+    pub stripes_off: usize,
+    pub locks_off: usize,
+    pub clients_off: usize,
+    pub conns_off: usize,
+    pub ring_off: usize,
+    pub total: usize,
+}
+
+fn round_up(x: usize) -> Option<usize> {
+    x.checked_add(ALIGN - 1).map(|v| v & !(ALIGN - 1))
+}
+
+impl Layout {
+    pub(crate) fn new(max_clients: u32, max_connections: u32) -> Option<Layout> {
+        if max_clients == 0 || max_connections == 0 {
+            return None;
+        }
+        // About 256 slots a shard, at most 256 shards, a power of two.
+        let shards = (max_clients.div_ceil(256)).clamp(1, 256).next_power_of_two();
+        let shard_len = max_clients.div_ceil(shards);
+        let slots = shards as usize * shard_len as usize;
+        let sz = core::mem::size_of::<Header>();
+        let lanes_off = round_up(sz)?;
+        let stripes_off = round_up(lanes_off + LANES * core::mem::size_of::<Padded>())?;
+        let locks_off = round_up(stripes_off + STRIPES * core::mem::size_of::<Stripe>())?;
+        let clients_off = round_up(locks_off + shards as usize * core::mem::size_of::<Padded>())?;
+        let conns_off = round_up(clients_off.checked_add(slots.checked_mul(core::mem::size_of::<ClientSlot>())?)?)?;
+        let ring_off = round_up(
+            conns_off.checked_add((max_connections as usize).checked_mul(core::mem::size_of::<ConnSlot>())?)?,
+        )?;
+        let total = round_up(ring_off.checked_add(RING_CAP * core::mem::size_of::<RingCell>())?)?;
+        Some(Layout {
+            max_clients,
+            max_connections,
+            shards,
+            shard_len,
+            lanes_off,
+            stripes_off,
+            locks_off,
+            clients_off,
+            conns_off,
+            ring_off,
+            total,
+        })
+    }
+
+    pub(crate) fn slots(&self) -> u32 {
+        self.shards * self.shard_len
+    }
+
+    pub(crate) fn probe(&self) -> u32 {
+        self.shard_len.min(MAX_PROBE)
+    }
+}
+
+/// A hash of everything that shapes the layout, so that two builds that
+/// disagree on it refuse each other's regions.
+pub(crate) fn layout_hash() -> u64 {
+    let parts = [
+        LAYOUT_VERSION as u64,
+        core::mem::size_of::<Header>() as u64,
+        core::mem::size_of::<Stripe>() as u64,
+        core::mem::size_of::<ClientSlot>() as u64,
+        core::mem::size_of::<ConnSlot>() as u64,
+        core::mem::size_of::<RingCell>() as u64,
+        LANES as u64,
+        STRIPES as u64,
+        RING_CAP as u64,
+        MAX_PROBE as u64,
+        crate::packed::MSGS_BITS as u64,
+        crate::packed::BYTES_BITS as u64,
+        crate::packed::CONN_BITS as u64,
+    ];
+    // FNV-1a over the parts' bytes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The limits as the hot path reads them: one consistent snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub window_ms: u64,
+    pub window_offset: u64,
+    pub connections_per_window: u64,
+    pub max_concurrent: u64,
+    pub messages_per_window: u64,
+    pub bytes_per_window: u64,
+    pub max_message_size: u64,
+    pub client_messages: u64,
+    pub client_bytes: u64,
+    pub flags: u32,
+}
+
+impl Snapshot {
+    pub(crate) fn fail_open(&self) -> bool {
+        self.flags & FLAG_FAIL_OPEN != 0
+    }
+    pub(crate) fn dry_run(&self) -> bool {
+        self.flags & FLAG_DRY_RUN != 0
+    }
+    pub(crate) fn client_limited(&self) -> bool {
+        self.client_messages != 0 || self.client_bytes != 0
+    }
+}
+
+impl Header {
+    /// Reads the limits under the sequence lock. A writer that died mid-update
+    /// would leave the sequence odd for ever, so after a bounded number of
+    /// retries the last read is used (each field is valid on its own).
+    #[inline]
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut tries = 0;
+        loop {
+            // Acquire: the field loads below must not move before this load.
+            let s1 = self.limits_seq.load(Ordering::Acquire);
+            let snap = Snapshot {
+                window_ms: self.window_ms.load(Ordering::Relaxed),
+                window_offset: self.window_offset.load(Ordering::Relaxed),
+                connections_per_window: self.connections_per_window.load(Ordering::Relaxed),
+                max_concurrent: self.max_concurrent.load(Ordering::Relaxed),
+                messages_per_window: self.messages_per_window.load(Ordering::Relaxed),
+                bytes_per_window: self.bytes_per_window.load(Ordering::Relaxed),
+                max_message_size: self.max_message_size.load(Ordering::Relaxed),
+                client_messages: self.client_messages.load(Ordering::Relaxed),
+                client_bytes: self.client_bytes.load(Ordering::Relaxed),
+                flags: self.flags.load(Ordering::Relaxed),
+            };
+            // Acquire fence: orders the field loads before the re-read of the sequence.
+            crate::sync::fence(Ordering::Acquire);
+            let s2 = self.limits_seq.load(Ordering::Relaxed);
+            tries += 1;
+            if (s1 == s2 && s1 & 1 == 0) || tries > 64 {
+                return snap;
+            }
+            spin_wait();
+        }
+    }
+
+    /// Writes new limits under the sequence lock. `now_ms` places the window
+    /// offset when the window length changes, so that every stored window is
+    /// at least two windows old under the new length: counts measured with
+    /// the old length are dropped, never misread.
+    pub(crate) fn write_limits(&self, l: &Limits, now_ms: u64) {
+        // Writers serialise on the sequence: take it from even to odd.
+        let mut tries: u64 = 0;
+        let seq = loop {
+            let s = self.limits_seq.load(Ordering::Relaxed);
+            // A writer that died leaves it odd; take over after a long wait.
+            let s_even = if s & 1 == 1 && tries > 1 << 20 { s + 1 } else { s };
+            if s_even & 1 == 0
+                // Acquire: see the previous writer's fields before writing ours.
+                && self.limits_seq.compare_exchange(s, s_even + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                break s_even + 1;
+            }
+            tries += 1;
+            spin_wait();
+        };
+        let old_w = self.window_ms.load(Ordering::Relaxed);
+        let new_w = l.window_ms as u64;
+        if old_w != new_w {
+            let old_off = self.window_offset.load(Ordering::Relaxed);
+            let old_id = if old_w == 0 { 0 } else { (now_ms / old_w).wrapping_add(old_off) };
+            let new_off = old_id.wrapping_add(2).wrapping_sub(now_ms / new_w);
+            self.window_offset.store(new_off, Ordering::Relaxed);
+        }
+        self.window_ms.store(new_w, Ordering::Relaxed);
+        self.connections_per_window.store(l.connections_per_window as u64, Ordering::Relaxed);
+        self.max_concurrent.store(l.max_concurrent_connections as u64, Ordering::Relaxed);
+        self.messages_per_window.store(l.messages_per_window as u64, Ordering::Relaxed);
+        self.bytes_per_window.store(l.bytes_per_window, Ordering::Relaxed);
+        self.max_message_size.store(l.max_message_size as u64, Ordering::Relaxed);
+        self.client_messages.store(l.client_messages_per_window as u64, Ordering::Relaxed);
+        self.client_bytes.store(l.client_bytes_per_window, Ordering::Relaxed);
+        let flags = (l.fail_open as u32 * FLAG_FAIL_OPEN) | (l.dry_run as u32 * FLAG_DRY_RUN);
+        self.flags.store(flags, Ordering::Relaxed);
+        // Release: readers that see the even sequence see every field above.
+        self.limits_seq.store(seq + 1, Ordering::Release);
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        let s = self.snapshot();
+        Limits {
+            window_ms: s.window_ms as u32,
+            connections_per_window: s.connections_per_window as u32,
+            max_concurrent_connections: s.max_concurrent as u32,
+            messages_per_window: s.messages_per_window as u32,
+            bytes_per_window: s.bytes_per_window,
+            max_message_size: s.max_message_size as u32,
+            client_messages_per_window: s.client_messages as u32,
+            client_bytes_per_window: s.client_bytes,
+            max_clients: self.max_clients.load(Ordering::Relaxed),
+            max_connections: self.max_connections.load(Ordering::Relaxed),
+            fail_open: s.fail_open(),
+            dry_run: s.dry_run(),
+        }
+    }
+}
+
+/// Random 128-bit key for the table's hash, from the kernel.
+fn random_key() -> (u64, u64) {
+    let mut buf = [0u8; 16];
+    #[cfg(not(loom))]
+    {
+        // SAFETY: buf is valid for 16 writable bytes.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n != 16 {
+            // No getrandom: mix the clock and an address (weaker, still per region).
+            let t = crate::clock::now_ms() ^ (&buf as *const _ as u64).rotate_left(17);
+            buf[..8].copy_from_slice(&t.to_le_bytes());
+            buf[8..].copy_from_slice(&t.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+        }
+    }
+    #[cfg(loom)]
+    {
+        buf = *b"loom-fixed-key!!";
+    }
+    let k0 = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
+    let k1 = u64::from_le_bytes(buf[8..].try_into().unwrap_or_default());
+    (k0, k1)
+}
+
+/// A view of one region. Owns nothing: `Limiter` decides who frees it.
+pub(crate) struct Region {
+    #[cfg(not(loom))]
+    base: core::ptr::NonNull<u8>,
+    #[cfg(loom)]
+    parts: Box<LoomParts>,
+    pub layout: Layout,
+}
+
+// SAFETY: a region holds only atomics; every access goes through them.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+#[cfg(loom)]
+struct LoomParts {
+    header: Header,
+    lanes: Vec<Padded>,
+    stripes: Vec<Stripe>,
+    locks: Vec<Padded>,
+    clients: Vec<ClientSlot>,
+    conns: Vec<ConnSlot>,
+    ring: Vec<RingCell>,
+}
+
+fn check_lock_free() -> Result<(), Error> {
+    if crate::sync::u128_is_lock_free() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument("this CPU has no lock-free 128-bit compare-and-swap (cmpxchg16b)"))
+    }
+}
+
+impl Region {
+    /// Bytes a region for these limits needs.
+    pub(crate) fn size_for(l: &Limits) -> Result<usize, Error> {
+        l.validate()?;
+        Layout::new(l.max_clients, l.max_connections)
+            .map(|x| x.total)
+            .ok_or(Error::InvalidArgument("capacities overflow the address space"))
+    }
+
+    /// Formats a region in `base[..len]`, which must be zeroed or writable garbage.
+    ///
+    /// # Safety
+    /// `base` must be valid for reads and writes of `len` bytes for as long
+    /// as any `Region` made from it is used, aligned to 64 bytes, and not
+    /// used by anyone else while this runs.
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn init(base: *mut u8, len: usize, l: &Limits) -> Result<Region, Error> {
+        check_lock_free()?;
+        l.validate()?;
+        let layout =
+            Layout::new(l.max_clients, l.max_connections).ok_or(Error::InvalidArgument("capacities overflow"))?;
+        if base.is_null() {
+            return Err(Error::InvalidArgument("memory is NULL"));
+        }
+        if base as usize % ALIGN != 0 {
+            return Err(Error::InvalidArgument("memory must be aligned to 64 bytes"));
+        }
+        if len < layout.total {
+            return Err(Error::RegionTooSmall { needed: layout.total, given: len });
+        }
+        // SAFETY: the caller guarantees base[..len] is ours to write; zero
+        // bytes are a valid value of every atomic in the region.
+        unsafe { core::ptr::write_bytes(base, 0, layout.total) };
+        let region =
+            Region { base: core::ptr::NonNull::new(base).ok_or(Error::InvalidArgument("memory is NULL"))?, layout };
+        region.format(l);
+        Ok(region)
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new_loom(l: &Limits) -> Result<Region, Error> {
+        l.validate()?;
+        let layout = Layout::new(l.max_clients, l.max_connections).ok_or(Error::InvalidArgument("capacities"))?;
+        let parts = Box::new(LoomParts {
+            header: Header::zeroed(),
+            lanes: (0..LANES).map(|_| Padded(AtomicU64::new(0))).collect(),
+            stripes: (0..STRIPES).map(|_| Stripe::zeroed()).collect(),
+            locks: (0..layout.shards).map(|_| Padded(AtomicU64::new(0))).collect(),
+            clients: (0..layout.slots()).map(|_| ClientSlot::zeroed()).collect(),
+            conns: (0..layout.max_connections).map(|_| ConnSlot::zeroed()).collect(),
+            ring: (0..RING_CAP).map(|_| RingCell::zeroed()).collect(),
+        });
+        let region = Region { parts, layout };
+        region.format(l);
+        Ok(region)
+    }
+
+    fn format(&self, l: &Limits) {
+        let h = self.header();
+        h.state.store(STATE_INITIALIZING, Ordering::Relaxed);
+        h.version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.region_len.store(self.layout.total as u64, Ordering::Relaxed);
+        h.layout_hash.store(layout_hash(), Ordering::Relaxed);
+        h.max_clients.store(l.max_clients, Ordering::Relaxed);
+        h.max_connections.store(l.max_connections, Ordering::Relaxed);
+        h.shards.store(self.layout.shards, Ordering::Relaxed);
+        h.shard_len.store(self.layout.shard_len, Ordering::Relaxed);
+        let (k0, k1) = random_key();
+        h.hash_k0.store(k0, Ordering::Relaxed);
+        h.hash_k1.store(k1, Ordering::Relaxed);
+        h.write_limits(l, 0);
+        crate::conn::format_free_lists(self);
+        for i in 0..RING_CAP {
+            self.ring_cell(i).seq.store(i as u64, Ordering::Relaxed);
+        }
+        h.magic.store(MAGIC, Ordering::Relaxed);
+        // Release: a process that reads READY sees the whole formatted region.
+        h.state.store(STATE_READY, Ordering::Release);
+    }
+
+    /// Validates and adopts a region another `Region::init` formatted.
+    ///
+    /// # Safety
+    /// As for [`Region::init`], except that the memory is shared, not formatted.
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn attach(base: *mut u8, len: usize) -> Result<Region, Error> {
+        check_lock_free()?;
+        if base.is_null() {
+            return Err(Error::InvalidArgument("memory is NULL"));
+        }
+        if base as usize % ALIGN != 0 {
+            return Err(Error::InvalidArgument("memory must be aligned to 64 bytes"));
+        }
+        if len < core::mem::size_of::<Header>() {
+            return Err(Error::RegionTooSmall { needed: core::mem::size_of::<Header>(), given: len });
+        }
+        // SAFETY: base is aligned and holds at least a header's bytes, and
+        // any bytes are a valid value of the header's atomics.
+        let h = unsafe { &*(base as *const Header) };
+        // Acquire: pairs with the Release store of READY in `format`.
+        let state = h.state.load(Ordering::Acquire);
+        let magic = h.magic.load(Ordering::Relaxed);
+        if magic != MAGIC {
+            return Err(Error::IncompatibleRegion("no ratethrottle region here (bad magic)".into()));
+        }
+        let version = h.version.load(Ordering::Relaxed);
+        if version != LAYOUT_VERSION {
+            return Err(Error::IncompatibleRegion(format!(
+                "region layout version {version}, this library reads version {LAYOUT_VERSION}"
+            )));
+        }
+        if h.layout_hash.load(Ordering::Relaxed) != layout_hash() {
+            return Err(Error::IncompatibleRegion("region was made by a build with another layout".into()));
+        }
+        if state != STATE_READY {
+            return Err(Error::IncompatibleRegion("region is not initialised (yet)".into()));
+        }
+        let mc = h.max_clients.load(Ordering::Relaxed);
+        let mx = h.max_connections.load(Ordering::Relaxed);
+        let limits_ok = mc >= 1 && mc <= crate::limits::MAX_CAPACITY && mx >= 1 && mx <= crate::limits::MAX_CAPACITY;
+        let layout = Layout::new(mc, mx)
+            .filter(|_| limits_ok)
+            .ok_or_else(|| Error::IncompatibleRegion(format!("corrupt capacities {mc} clients / {mx} connections")))?;
+        let recorded = h.region_len.load(Ordering::Relaxed);
+        if recorded != layout.total as u64
+            || h.shards.load(Ordering::Relaxed) != layout.shards
+            || h.shard_len.load(Ordering::Relaxed) != layout.shard_len
+        {
+            return Err(Error::IncompatibleRegion("region header disagrees with its capacities".into()));
+        }
+        if len < layout.total {
+            return Err(Error::RegionTooSmall { needed: layout.total, given: len });
+        }
+        let w = h.window_ms.load(Ordering::Relaxed);
+        if w == 0 || w > u32::MAX as u64 {
+            return Err(Error::IncompatibleRegion("corrupt window length".into()));
+        }
+        Ok(Region { base: core::ptr::NonNull::new(base).ok_or(Error::InvalidArgument("memory is NULL"))?, layout })
+    }
+
+    #[cfg(not(loom))]
+    #[inline]
+    fn at<T>(&self, off: usize) -> &T {
+        debug_assert!(off + core::mem::size_of::<T>() <= self.layout.total);
+        // SAFETY: `off` comes from `layout` and is within the region (checked
+        // at init/attach), aligned (every part is 64-aligned and T's size is
+        // a multiple of its alignment), and all bytes are valid atomics.
+        unsafe { &*(self.base.as_ptr().add(off) as *const T) }
+    }
+
+    #[inline]
+    pub(crate) fn header(&self) -> &Header {
+        #[cfg(not(loom))]
+        return self.at(0);
+        #[cfg(loom)]
+        return &self.parts.header;
+    }
+
+    #[inline]
+    pub(crate) fn lane(&self, i: usize) -> &AtomicU64 {
+        debug_assert!(i < LANES);
+        #[cfg(not(loom))]
+        return &self.at::<Padded>(self.layout.lanes_off + i * core::mem::size_of::<Padded>()).0;
+        #[cfg(loom)]
+        return &self.parts.lanes[i].0;
+    }
+
+    #[inline]
+    pub(crate) fn stripe(&self, i: usize) -> &Stripe {
+        let i = i % STRIPES;
+        #[cfg(not(loom))]
+        return self.at(self.layout.stripes_off + i * core::mem::size_of::<Stripe>());
+        #[cfg(loom)]
+        return &self.parts.stripes[i];
+    }
+
+    #[inline]
+    pub(crate) fn shard_lock(&self, shard: u32) -> &AtomicU64 {
+        assert!(shard < self.layout.shards);
+        #[cfg(not(loom))]
+        return &self.at::<Padded>(self.layout.locks_off + shard as usize * core::mem::size_of::<Padded>()).0;
+        #[cfg(loom)]
+        return &self.parts.locks[shard as usize].0;
+    }
+
+    #[inline]
+    pub(crate) fn client(&self, i: u32) -> &ClientSlot {
+        assert!(i < self.layout.slots());
+        #[cfg(not(loom))]
+        return self.at(self.layout.clients_off + i as usize * core::mem::size_of::<ClientSlot>());
+        #[cfg(loom)]
+        return &self.parts.clients[i as usize];
+    }
+
+    #[inline]
+    pub(crate) fn conn(&self, i: u32) -> &ConnSlot {
+        assert!(i < self.layout.max_connections);
+        #[cfg(not(loom))]
+        return self.at(self.layout.conns_off + i as usize * core::mem::size_of::<ConnSlot>());
+        #[cfg(loom)]
+        return &self.parts.conns[i as usize];
+    }
+
+    #[inline]
+    pub(crate) fn ring_cell(&self, i: usize) -> &RingCell {
+        let i = i % RING_CAP;
+        #[cfg(not(loom))]
+        return self.at(self.layout.ring_off + i * core::mem::size_of::<RingCell>());
+        #[cfg(loom)]
+        return &self.parts.ring[i];
+    }
+
+    /// Adds to a striped statistics counter.
+    #[inline]
+    pub(crate) fn count(&self, stripe: usize, f: impl FnOnce(&Stripe) -> &AtomicU64, n: u64) {
+        f(self.stripe(stripe)).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sums a striped counter.
+    pub(crate) fn sum(&self, f: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
+        (0..STRIPES).map(|i| f(self.stripe(i)).load(Ordering::Relaxed)).fold(0u64, u64::wrapping_add)
+    }
+}
+
+#[cfg(loom)]
+impl Header {
+    fn zeroed() -> Header {
+        let z = || AtomicU64::new(0);
+        let z32 = || AtomicU32::new(0);
+        Header {
+            magic: z(),
+            version: z32(),
+            state: z32(),
+            region_len: z(),
+            layout_hash: z(),
+            max_clients: z32(),
+            max_connections: z32(),
+            shards: z32(),
+            shard_len: z32(),
+            hash_k0: z(),
+            hash_k1: z(),
+            limits_seq: z(),
+            window_ms: z(),
+            window_offset: z(),
+            connections_per_window: z(),
+            max_concurrent: z(),
+            messages_per_window: z(),
+            bytes_per_window: z(),
+            max_message_size: z(),
+            client_messages: z(),
+            client_bytes: z(),
+            flags: z32(),
+            ring_head: z(),
+            ring_tail: z(),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl Stripe {
+    fn zeroed() -> Stripe {
+        let z = || AtomicU64::new(0);
+        Stripe {
+            connections_allowed: z(),
+            keys_allowed: z(),
+            denied: core::array::from_fn(|_| z()),
+            dry_run_denied: z(),
+            untracked_allowed: z(),
+            closed_messages: z(),
+            closed_bytes: z(),
+            violations_dropped: z(),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl ClientSlot {
+    fn zeroed() -> ClientSlot {
+        ClientSlot {
+            key: AtomicU128::new(0),
+            conns: AtomicU128::new(0),
+            traffic: AtomicU128::new(0),
+            id_len: AtomicU32::new(0),
+            id: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl ConnSlot {
+    fn zeroed() -> ConnSlot {
+        let z = || AtomicU64::new(0);
+        ConnSlot {
+            traffic: AtomicU128::new(0),
+            state: z(),
+            owner: z(),
+            connected_at_ms: z(),
+            last_message_at_ms: z(),
+            acc_messages: z(),
+            acc_bytes: z(),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl RingCell {
+    fn zeroed() -> RingCell {
+        let z = || AtomicU64::new(0);
+        RingCell {
+            seq: z(),
+            head: z(),
+            id: core::array::from_fn(|_| z()),
+            conn: z(),
+            limit: z(),
+            current: z(),
+            size: z(),
+            retry_after_ms: z(),
+            at_ms: z(),
+        }
+    }
+}
+
+/// Copies up to 40 bytes of an id into five atomic words.
+pub(crate) fn store_id(words: &[AtomicU64; 5], len: &AtomicU32, id: &[u8]) {
+    let mut buf = [0u8; 40];
+    let n = id.len().min(40);
+    buf[..n].copy_from_slice(&id[..n]);
+    for (i, w) in words.iter().enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+        w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+    len.store(id.len().min(u32::MAX as usize) as u32, Ordering::Relaxed);
+}
+
+/// Reads an id stored by [`store_id`]: the first 40 bytes and the full length.
+pub(crate) fn load_id(words: &[AtomicU64; 5], len: &AtomicU32) -> ([u8; 40], u32) {
+    let mut buf = [0u8; 40];
+    for (i, w) in words.iter().enumerate() {
+        buf[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    (buf, len.load(Ordering::Relaxed))
+}

@@ -1,0 +1,243 @@
+//! The client table: a sharded open-addressing table with bounded probing.
+//!
+//! A client (or key) is identified by a 127-bit SipHash-1-3 of its id, keyed
+//! with the region's random secret, so attacker-chosen ids cannot aim at one
+//! shard and two ids never share state (a collision is a 2^-127 event).
+//! The hash picks a shard and a home slot; a client lives in one of the
+//! `probe` slots from its home (wrapping inside the shard).
+//!
+//! Invariants:
+//! - Lookups are lock-free: a slot whose key equals the hash (without the
+//!   pending bit) belongs to that client, and the epoch read from its conns
+//!   word between two equal key reads is that client's epoch.
+//! - Every change of a slot's key (insert, reclaim) happens under its shard's
+//!   insert lock, so one id is never inserted twice. The lock is taken only
+//!   to add a new client; a holder that dies is detected by its process
+//!   token and the lock is broken.
+//! - A slot is reclaimed only when it holds no information (no live
+//!   connection, every window expired). Reclaiming marks the key pending,
+//!   then bumps the epoch in the traffic and conns words with CAS from the
+//!   values it judged expired; a racing update makes a CAS fail and the
+//!   reclaim is undone. Stale holders of the old epoch then fail their CAS.
+
+use crate::clock::process;
+use crate::packed::{Conns, Traffic, EPOCH_MASK, TAG_MASK};
+use crate::region::{load_id, store_id, ClientSlot, Region};
+use crate::sync::{spin_wait, Ordering};
+use crate::window::{roll, Position};
+
+/// Set in a key word while its slot is being (re)claimed.
+const PENDING: u128 = 1 << 127;
+/// Spins between checks that the lock holder still lives.
+const SPINS_PER_CHECK: u32 = 1 << 12;
+/// Give up on a lock held by a live process after this many spins (C6).
+const MAX_SPINS: u32 = 1 << 24;
+
+/// A client found in the table: its slot and the epoch it was found with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub index: u32,
+    pub epoch: u64,
+}
+
+/// Why a client could not be placed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InsertError {
+    /// Every slot of its probe window holds a live client.
+    Full,
+    /// The shard lock stayed held by a live process for too long.
+    Busy,
+}
+
+/// The keyed hash of an id: 127 bits, never 0.
+pub(crate) fn hash(region: &Region, id: &[u8]) -> u128 {
+    let h = region.header();
+    let k0 = h.hash_k0.load(Ordering::Relaxed);
+    let k1 = h.hash_k1.load(Ordering::Relaxed);
+    let v = siphasher::sip128::SipHasher13::new_with_keys(k0, k1).hash(id).as_u128() & !PENDING;
+    if v == 0 {
+        1
+    } else {
+        v
+    }
+}
+
+#[inline]
+fn shard_of(region: &Region, h: u128) -> u32 {
+    (h as u32) & (region.layout.shards - 1)
+}
+
+#[inline]
+fn probe_slots(region: &Region, h: u128) -> impl Iterator<Item = u32> {
+    let l = region.layout;
+    let shard = shard_of(region, h);
+    let home = ((h >> 64) as u64 % l.shard_len as u64) as u32;
+    let base = shard * l.shard_len;
+    (0..l.probe()).map(move |i| base + (home + i) % l.shard_len)
+}
+
+/// Finds a client without inserting it.
+#[inline]
+pub(crate) fn find(region: &Region, h: u128) -> Option<Found> {
+    for i in probe_slots(region, h) {
+        let slot = region.client(i);
+        if slot.key.load(Ordering::Acquire) == h {
+            // Acquire: a reclaim's epoch bump is ordered after its pending
+            // mark, so seeing a new epoch here means the re-read below sees
+            // the key change.
+            let epoch = Conns::unpack(slot.conns.load(Ordering::Acquire)).epoch;
+            if slot.key.load(Ordering::Acquire) == h {
+                return Some(Found { index: i, epoch });
+            }
+        }
+    }
+    None
+}
+
+/// Whether a slot holds no information at `pos`: no live connection, and no
+/// count left in any window.
+fn holds_nothing(slot: &ClientSlot, pos: Position) -> Option<(u128, u128)> {
+    let cw = slot.conns.load(Ordering::Acquire);
+    let c = Conns::unpack(cw);
+    if c.active != 0 || (roll(c.id, c.prev, c.cur, pos).prev | roll(c.id, c.prev, c.cur, pos).cur) != 0 {
+        return None;
+    }
+    let tw = slot.traffic.load(Ordering::Acquire);
+    let t = Traffic::unpack(tw);
+    let m = roll(t.id, t.msgs_prev, t.msgs_cur, pos);
+    let b = roll(t.id, t.bytes_prev, t.bytes_cur, pos);
+    if m.prev | m.cur | b.prev | b.cur != 0 {
+        return None;
+    }
+    Some((cw, tw))
+}
+
+/// Finds a client, inserting it when absent. `pos` is the connection-rate
+/// window position (used to judge which slots hold nothing).
+pub(crate) fn find_or_insert(region: &Region, h: u128, id: &[u8], pos: Position) -> Result<Found, InsertError> {
+    if let Some(f) = find(region, h) {
+        return Ok(f);
+    }
+    let shard = shard_of(region, h);
+    let _guard = ShardGuard::lock(region, shard)?;
+    // Under the lock no other insert or reclaim runs in this shard.
+    if let Some(f) = find(region, h) {
+        return Ok(f);
+    }
+    for i in probe_slots(region, h) {
+        let slot = region.client(i);
+        if slot.key.load(Ordering::Acquire) == 0 {
+            let c = Conns::unpack(slot.conns.load(Ordering::Acquire));
+            store_id(&slot.id, &slot.id_len, id);
+            // Release: lookups that see the key see its id bytes.
+            slot.key.store(h, Ordering::Release);
+            return Ok(Found { index: i, epoch: c.epoch });
+        }
+    }
+    for i in probe_slots(region, h) {
+        if let Some(f) = reclaim(region, i, h, id, pos) {
+            return Ok(f);
+        }
+    }
+    Err(InsertError::Full)
+}
+
+/// Gives slot `i` to hash `h` if it holds nothing. Caller holds the shard lock.
+fn reclaim(region: &Region, i: u32, h: u128, id: &[u8], pos: Position) -> Option<Found> {
+    let slot = region.client(i);
+    let old_key = slot.key.load(Ordering::Acquire);
+    let (cw, tw) = holds_nothing(slot, pos)?;
+    // Lookups of the old id now miss and queue behind our lock.
+    // SeqCst (here and in the CASes): the pending mark must be visible to any
+    // thread whose CAS on conns/traffic comes after ours.
+    slot.key.store(h | PENDING, Ordering::SeqCst);
+    let c = Conns::unpack(cw);
+    let epoch = (c.epoch + 1) & EPOCH_MASK;
+    let t = Traffic::unpack(tw);
+    let new_t = Traffic::fresh(epoch & TAG_MASK, pos.id);
+    if slot.traffic.compare_exchange(tw, new_t, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        // Someone charged the old key after we judged it: give it back.
+        slot.key.store(old_key, Ordering::SeqCst);
+        return None;
+    }
+    let new_c = Conns { epoch, id: pos.id, ..Conns::default() }.pack();
+    if slot.conns.compare_exchange(cw, new_c, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        // Someone connected to the old key: undo (the traffic word held no
+        // counts, so the old tag with no counts is the same state).
+        slot.traffic.store(Traffic::fresh(t.tag, t.id), Ordering::SeqCst);
+        slot.key.store(old_key, Ordering::SeqCst);
+        return None;
+    }
+    store_id(&slot.id, &slot.id_len, id);
+    // Release: lookups that see the key see the new epoch and id.
+    slot.key.store(h, Ordering::Release);
+    Some(Found { index: i, epoch })
+}
+
+/// The id of a slot (first 40 bytes) and its full length.
+pub(crate) fn client_id(region: &Region, index: u32) -> ([u8; 40], u32) {
+    let slot = region.client(index);
+    load_id(&slot.id, &slot.id_len)
+}
+
+/// Holds a shard's insert lock; releases it on drop (also on unwind).
+struct ShardGuard<'a> {
+    region: &'a Region,
+    shard: u32,
+    token: u64,
+}
+
+impl<'a> ShardGuard<'a> {
+    fn lock(region: &'a Region, shard: u32) -> Result<ShardGuard<'a>, InsertError> {
+        let lock = region.shard_lock(shard);
+        let token = process::token();
+        let mut spins: u32 = 0;
+        loop {
+            let cur = lock.load(Ordering::Relaxed);
+            if cur == 0 {
+                // Acquire: see the slots as the previous holder left them.
+                if lock.compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    return Ok(ShardGuard { region, shard, token });
+                }
+            } else if spins % SPINS_PER_CHECK == SPINS_PER_CHECK - 1
+                && cur != token
+                && !process::is_alive(cur)
+                && lock.compare_exchange(cur, token, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                let g = ShardGuard { region, shard, token };
+                g.recover();
+                return Ok(g);
+            }
+            spins += 1;
+            if spins >= MAX_SPINS {
+                return Err(InsertError::Busy);
+            }
+            spin_wait();
+        }
+    }
+
+    /// After breaking a dead holder's lock: a slot it left pending holds no
+    /// known client; empty it and bump its epoch so stale holders fail.
+    fn recover(&self) {
+        let l = self.region.layout;
+        for i in self.shard * l.shard_len..(self.shard + 1) * l.shard_len {
+            let slot = self.region.client(i);
+            if slot.key.load(Ordering::Acquire) & PENDING == 0 {
+                continue;
+            }
+            let c = Conns::unpack(slot.conns.load(Ordering::Acquire));
+            let epoch = (c.epoch + 1) & EPOCH_MASK;
+            slot.traffic.store(Traffic::fresh(epoch & TAG_MASK, 0), Ordering::SeqCst);
+            slot.conns.store(Conns { epoch, ..Conns::default() }.pack(), Ordering::SeqCst);
+            slot.key.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        // Release: the next holder sees every slot change made under the lock.
+        let _ =
+            self.region.shard_lock(self.shard).compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
+    }
+}

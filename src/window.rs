@@ -1,0 +1,238 @@
+//! Sliding-window-counter arithmetic: pure integer functions, no atomics.
+//!
+//! A limited quantity keeps the count of the current fixed window (`cur`) and
+//! of the previous one (`prev`). At elapsed time `e` (ms) into the current
+//! window of length `W`, a request of cost `k` under limit `L` passes iff
+//!
+//! ```text
+//! prev * (W - e) + (cur + k) * W  <=  L * W
+//! ```
+//!
+//! All products are computed in `u128`, so no input can overflow.
+//! Window ids are stored in a packed word truncated to [`ID_BITS`] bits and
+//! compared with wrapping subtraction (see [`roll`]).
+
+/// Returned as `retry_after_ms` when a request can never pass (its cost
+/// exceeds the limit itself, or its size exceeds `max_message_size`).
+pub const RETRY_NEVER: u64 = u64::MAX;
+
+/// Bits of the window id kept in packed words.
+pub(crate) const ID_BITS: u32 = 32;
+const ID_MASK: u64 = (1u64 << ID_BITS) - 1;
+/// A stored id up to this many windows *ahead* of now means the clock went
+/// backwards (or another thread read a later clock); beyond it the stored
+/// state is taken as expired. 2^30 windows is 12 days at W = 1 ms.
+const BACKWARDS_WINDOWS: u64 = 1 << 30;
+
+/// Where a point in time falls: the window id and the elapsed ms in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// `now_ms / W + offset` (wrapping); offset changes when W changes.
+    pub id: u64,
+    /// `now_ms % W`.
+    pub elapsed_ms: u64,
+    pub window_ms: u64,
+}
+
+impl Position {
+    #[inline]
+    pub(crate) fn at(now_ms: u64, window_ms: u64, offset: u64) -> Position {
+        Position { id: (now_ms / window_ms).wrapping_add(offset) & ID_MASK, elapsed_ms: now_ms % window_ms, window_ms }
+    }
+}
+
+/// How a stored window id relates to now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Same window.
+    Same,
+    /// The stored window is the previous one: `cur` becomes `prev`.
+    Next,
+    /// Two or more windows later: both counts are zero.
+    Expired,
+    /// The stored window lies ahead (clock went backwards, or a thread with a
+    /// slightly later clock wrote first): taken as the start of the stored
+    /// window, never as a huge elapsed time.
+    Behind,
+}
+
+/// Compares a stored window id with the position. `empty` (no counts at
+/// all) always adopts the current window.
+#[inline]
+pub(crate) fn step(stored_id: u64, pos: Position, empty: bool) -> Step {
+    if empty {
+        return Step::Expired;
+    }
+    match pos.id.wrapping_sub(stored_id) & ID_MASK {
+        0 => Step::Same,
+        1 => Step::Next,
+        d if d <= ID_MASK - BACKWARDS_WINDOWS => Step::Expired,
+        _ => Step::Behind,
+    }
+}
+
+/// A window pair brought up to date for a position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rolled {
+    pub id: u64,
+    pub prev: u64,
+    pub cur: u64,
+    /// Elapsed ms to use: the position's, or 0 when [`Step::Behind`].
+    pub elapsed_ms: u64,
+    /// Counts that left both windows in this roll (for lifetime totals).
+    pub dropped: u64,
+}
+
+/// Applies a [`Step`] to one `(prev, cur)` pair.
+#[inline]
+pub(crate) fn apply(step: Step, stored_id: u64, prev: u64, cur: u64, pos: Position) -> Rolled {
+    match step {
+        Step::Same => Rolled { id: pos.id, prev, cur, elapsed_ms: pos.elapsed_ms, dropped: 0 },
+        Step::Next => Rolled { id: pos.id, prev: cur, cur: 0, elapsed_ms: pos.elapsed_ms, dropped: prev },
+        Step::Expired => Rolled { id: pos.id, prev: 0, cur: 0, elapsed_ms: pos.elapsed_ms, dropped: prev + cur },
+        Step::Behind => Rolled { id: stored_id, prev, cur, elapsed_ms: 0, dropped: 0 },
+    }
+}
+
+/// Brings one stored `(id, prev, cur)` to position `pos`.
+#[inline]
+pub(crate) fn roll(stored_id: u64, prev: u64, cur: u64, pos: Position) -> Rolled {
+    apply(step(stored_id, pos, prev == 0 && cur == 0), stored_id, prev, cur, pos)
+}
+
+/// Whether a request of cost `k` passes under `limit`.
+#[inline]
+pub(crate) fn admits(prev: u64, cur: u64, k: u64, limit: u64, window_ms: u64, elapsed_ms: u64) -> bool {
+    let w = window_ms as u128;
+    let lhs = prev as u128 * (w - elapsed_ms as u128) + (cur as u128 + k as u128) * w;
+    lhs <= limit as u128 * w
+}
+
+/// The estimate `floor(prev * (W - e) / W) + cur`.
+#[inline]
+pub(crate) fn estimate(prev: u64, cur: u64, window_ms: u64, elapsed_ms: u64) -> u64 {
+    let w = window_ms as u128;
+    let p = (prev as u128 * (w - elapsed_ms as u128)) / w;
+    (p + cur as u128).min(u64::MAX as u128) as u64
+}
+
+/// Budget left under `limit`: `floor((L*W - prev*(W-e) - cur*W) / W)`, at least 0.
+#[inline]
+pub(crate) fn remaining(prev: u64, cur: u64, limit: u64, window_ms: u64, elapsed_ms: u64) -> u64 {
+    let w = window_ms as u128;
+    let used = prev as u128 * (w - elapsed_ms as u128) + cur as u128 * w;
+    let cap = limit as u128 * w;
+    if used >= cap {
+        0
+    } else {
+        ((cap - used) / w) as u64
+    }
+}
+
+/// The smallest whole number of ms after which the same request passes,
+/// assuming no other traffic; 0 when it passes now; [`RETRY_NEVER`] when
+/// `k > limit`.
+pub(crate) fn retry_after(prev: u64, cur: u64, k: u64, limit: u64, window_ms: u64, elapsed_ms: u64) -> u64 {
+    if admits(prev, cur, k, limit, window_ms, elapsed_ms) {
+        return 0;
+    }
+    if k > limit {
+        return RETRY_NEVER;
+    }
+    let w = window_ms as u128;
+    let (p, c, k, l, e) = (prev as u128, cur as u128, k as u128, limit as u128, elapsed_ms as u128);
+    if c + k <= l {
+        // Passes later in this window (or exactly at its end) once
+        // p * (W - e') <= (L - c - k) * W, i.e. e' >= W - floor((L-c-k)W / p).
+        // p > 0 here, or the request would pass now.
+        let q = ((l - c - k) * w) / p;
+        (w - q - e) as u64
+    } else {
+        // Needs the next window, where prev' = c and cur' = 0:
+        // c * (W - e'') <= (L - k) * W, so e'' >= W - floor((L-k)W / c).
+        let q = ((l - k) * w) / c; // c > 0 because c + k > L >= k
+        let e2 = w.saturating_sub(q);
+        (w - e + e2) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_retry(prev: u64, cur: u64, k: u64, limit: u64, w: u64, e: u64) -> u64 {
+        // Walk forward ms by ms with the same rules.
+        if k > limit {
+            return RETRY_NEVER;
+        }
+        for t in 0..=(3 * w) {
+            let (p, c, el) = if e + t < w {
+                (prev, cur, e + t)
+            } else if e + t < 2 * w {
+                (cur, 0, e + t - w)
+            } else {
+                (0, 0, e + t - 2 * w)
+            };
+            if admits(p, c, k, limit, w, el) {
+                return t;
+            }
+        }
+        panic!("never passed");
+    }
+
+    #[test]
+    fn retry_after_matches_a_walk_over_every_ms() {
+        for w in [1u64, 2, 7, 10, 100] {
+            for limit in [1u64, 2, 5, 9] {
+                for prev in 0..=limit {
+                    for cur in 0..=limit {
+                        for k in 1..=limit + 1 {
+                            for e in 0..w {
+                                assert_eq!(
+                                    retry_after(prev, cur, k, limit, w, e),
+                                    naive_retry(prev, cur, k, limit, w, e),
+                                    "w={w} l={limit} p={prev} c={cur} k={k} e={e}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn boundary_ms_belongs_to_the_old_window() {
+        // T6: the last ms of window k is still window k.
+        let w = 1000;
+        assert_eq!(Position::at(1999, w, 0).id, 1);
+        assert_eq!(Position::at(1999, w, 0).elapsed_ms, 999);
+        assert_eq!(Position::at(2000, w, 0).id, 2);
+        assert_eq!(Position::at(2000, w, 0).elapsed_ms, 0);
+    }
+
+    #[test]
+    fn roll_rules() {
+        let w = 10;
+        let at = |now| Position::at(now, w, 0);
+        assert_eq!(roll(3, 4, 5, at(35)).cur, 5);
+        let r = roll(3, 4, 5, at(45));
+        assert_eq!((r.prev, r.cur, r.dropped), (5, 0, 4));
+        let r = roll(3, 4, 5, at(55));
+        assert_eq!((r.prev, r.cur, r.dropped), (0, 0, 9));
+        // Backwards by an hour: no time passed, elapsed 0 in the stored window.
+        let r = roll(360_003, 4, 5, at(35));
+        assert_eq!((r.id, r.prev, r.cur, r.elapsed_ms), (360_003, 4, 5, 0));
+    }
+
+    #[test]
+    fn extreme_values_do_not_overflow() {
+        // T7/T2: maximal products and u64::MAX now.
+        let w = u32::MAX as u64;
+        assert!(!admits(u64::MAX, u64::MAX, u64::MAX, u64::MAX - 1, w, 0));
+        assert_eq!(estimate(u64::MAX, u64::MAX, w, 0), u64::MAX);
+        let p = Position::at(u64::MAX, w, u64::MAX);
+        assert!(p.elapsed_ms < w);
+        assert_eq!(retry_after(0, 0, 2, 1, w, 5), RETRY_NEVER);
+    }
+}
