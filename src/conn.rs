@@ -221,8 +221,8 @@ pub(crate) fn close(region: &Region, handle: u64) -> Option<(u32, Closed)> {
     let closed = Closed {
         client: (s & INDEX_MASK) as u32,
         client_epoch: (s >> EPOCH_SHIFT) & EPOCH_MASK,
-        messages: slot.acc_messages.load(Ordering::Relaxed) + t.msgs_prev + t.msgs_cur,
-        bytes: slot.acc_bytes.load(Ordering::Relaxed) + t.bytes_prev + t.bytes_cur,
+        messages: slot.acc_messages.load(Ordering::Relaxed).saturating_add(t.msgs_prev + t.msgs_cur),
+        bytes: slot.acc_bytes.load(Ordering::Relaxed).saturating_add(t.bytes_prev + t.bytes_cur),
     };
     Some((index, closed))
 }

@@ -45,6 +45,7 @@ mod conn;
 mod decision;
 mod error;
 mod events;
+#[cfg(not(loom))]
 pub mod ffi;
 mod limiter;
 mod limits;

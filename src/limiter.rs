@@ -47,7 +47,11 @@ impl Conn {
 }
 
 enum Memory {
-    Heap { ptr: *mut u8, layout: std::alloc::Layout },
+    #[cfg_attr(loom, allow(dead_code))]
+    Heap {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+    },
     Borrowed,
 }
 
@@ -182,6 +186,18 @@ fn saturate(cur: u64, cost: u64, max: u64) -> (u64, u64) {
         (max, sum - max)
     } else {
         (sum, 0)
+    }
+}
+
+/// Adds to a lifetime total, saturating at `u64::MAX` (rare path: only when
+/// a window rotates or a count overflows its field).
+fn add_saturating(total: &crate::sync::AtomicU64, n: u64) {
+    let mut cur = total.load(Ordering::Relaxed);
+    loop {
+        match total.compare_exchange_weak(cur, cur.saturating_add(n), Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(v) => cur = v,
+        }
     }
 }
 
@@ -466,8 +482,8 @@ impl Limiter {
                 }
             }
         }
-        r.count(index as usize, |s| &s.closed_messages, closed.messages);
-        r.count(index as usize, |s| &s.closed_bytes, closed.bytes);
+        add_saturating(&r.stripe(index as usize).closed_messages, closed.messages);
+        add_saturating(&r.stripe(index as usize).closed_bytes, closed.bytes);
         conn::recycle(r, index);
         true
     }
@@ -666,12 +682,12 @@ impl Limiter {
             // AcqRel: one CAS decides message rate and bandwidth together.
             match slot.traffic.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    let (dm, db) = (rt.msgs.dropped + mo, rt.bytes.dropped + bo);
+                    let (dm, db) = (rt.msgs.dropped + mo, rt.bytes.dropped.saturating_add(bo));
                     if dm != 0 {
-                        slot.acc_messages.fetch_add(dm, Ordering::Relaxed);
+                        add_saturating(&slot.acc_messages, dm);
                     }
                     if db != 0 {
-                        slot.acc_bytes.fetch_add(db, Ordering::Relaxed);
+                        add_saturating(&slot.acc_bytes, db);
                     }
                     return Ok(allowance(&checks));
                 }

@@ -21,9 +21,19 @@ use crate::sync::{spin_wait, AtomicU128, AtomicU32, AtomicU64, Ordering};
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RTHRTL\x00\x01");
 /// Bumped whenever the layout or the meaning of any word changes.
 pub(crate) const LAYOUT_VERSION: u32 = 1;
+#[cfg(not(loom))]
 pub(crate) const LANES: usize = 16;
+#[cfg(not(loom))]
 pub(crate) const STRIPES: usize = 16;
+#[cfg(not(loom))]
 pub(crate) const RING_CAP: usize = 1024;
+// loom tracks every atomic it models: keep the fixed parts tiny.
+#[cfg(loom)]
+pub(crate) const LANES: usize = 2;
+#[cfg(loom)]
+pub(crate) const STRIPES: usize = 2;
+#[cfg(loom)]
+pub(crate) const RING_CAP: usize = 2;
 pub(crate) const MAX_PROBE: u32 = 16;
 pub(crate) const ALIGN: usize = 64;
 
@@ -47,7 +57,18 @@ pub(crate) struct Header {
     pub shard_len: AtomicU32,
     pub hash_k0: AtomicU64,
     pub hash_k1: AtomicU64,
-    pub limits_seq: AtomicU64,
+    /// Writers of limits serialise on this word (0, or the writer's process token).
+    pub limits_writer: AtomicU64,
+    /// `flips << 1 | active set`: which of `limits` readers use.
+    pub limits_active: AtomicU64,
+    pub limits: [LimitSet; 2],
+    pub ring_head: AtomicU64,
+    pub ring_tail: AtomicU64,
+}
+
+/// One set of limits. Two exist: writers fill the inactive one, then flip.
+#[repr(C)]
+pub(crate) struct LimitSet {
     pub window_ms: AtomicU64,
     pub window_offset: AtomicU64,
     pub connections_per_window: AtomicU64,
@@ -58,8 +79,6 @@ pub(crate) struct Header {
     pub client_messages: AtomicU64,
     pub client_bytes: AtomicU64,
     pub flags: AtomicU32,
-    pub ring_head: AtomicU64,
-    pub ring_tail: AtomicU64,
 }
 
 /// A 64-bit word alone on its cache line (free-list heads, shard locks).
@@ -125,7 +144,10 @@ pub(crate) struct RingCell {
     pub at_ms: AtomicU64,
 }
 
+// DESIGN.md's targets (loom's atomics are larger, so only for real builds).
+#[cfg(not(loom))]
 const _: () = assert!(core::mem::size_of::<ClientSlot>() <= 128);
+#[cfg(not(loom))]
 const _: () = assert!(core::mem::size_of::<ConnSlot>() <= 64);
 
 /// Offsets and counts of a region, derived from its two capacities.
@@ -247,78 +269,91 @@ impl Snapshot {
 }
 
 impl Header {
-    /// Reads the limits under the sequence lock. A writer that died mid-update
-    /// would leave the sequence odd for ever, so after a bounded number of
-    /// retries the last read is used (each field is valid on its own).
+    /// Reads the limits: one consistent set. Writers only ever write the
+    /// inactive set and then flip `limits_active`, so a read of the active
+    /// set is whole unless a flip happened meanwhile; then it reads again.
+    /// A writer that dies mid-update never tears or blocks a read.
     #[inline]
     pub(crate) fn snapshot(&self) -> Snapshot {
-        let mut tries = 0;
+        // Acquire: the set's fields were written before the flip we read.
+        let mut a = self.limits_active.load(Ordering::Acquire);
         loop {
-            // Acquire: the field loads below must not move before this load.
-            let s1 = self.limits_seq.load(Ordering::Acquire);
+            let set = &self.limits[(a & 1) as usize];
             let snap = Snapshot {
-                window_ms: self.window_ms.load(Ordering::Relaxed),
-                window_offset: self.window_offset.load(Ordering::Relaxed),
-                connections_per_window: self.connections_per_window.load(Ordering::Relaxed),
-                max_concurrent: self.max_concurrent.load(Ordering::Relaxed),
-                messages_per_window: self.messages_per_window.load(Ordering::Relaxed),
-                bytes_per_window: self.bytes_per_window.load(Ordering::Relaxed),
-                max_message_size: self.max_message_size.load(Ordering::Relaxed),
-                client_messages: self.client_messages.load(Ordering::Relaxed),
-                client_bytes: self.client_bytes.load(Ordering::Relaxed),
-                flags: self.flags.load(Ordering::Relaxed),
+                window_ms: set.window_ms.load(Ordering::Relaxed),
+                window_offset: set.window_offset.load(Ordering::Relaxed),
+                connections_per_window: set.connections_per_window.load(Ordering::Relaxed),
+                max_concurrent: set.max_concurrent.load(Ordering::Relaxed),
+                messages_per_window: set.messages_per_window.load(Ordering::Relaxed),
+                bytes_per_window: set.bytes_per_window.load(Ordering::Relaxed),
+                max_message_size: set.max_message_size.load(Ordering::Relaxed),
+                client_messages: set.client_messages.load(Ordering::Relaxed),
+                client_bytes: set.client_bytes.load(Ordering::Relaxed),
+                flags: set.flags.load(Ordering::Relaxed),
             };
-            // Acquire fence: orders the field loads before the re-read of the sequence.
+            // Acquire fence: the field loads above happen before the re-read.
             crate::sync::fence(Ordering::Acquire);
-            let s2 = self.limits_seq.load(Ordering::Relaxed);
-            tries += 1;
-            if (s1 == s2 && s1 & 1 == 0) || tries > 64 {
+            let b = self.limits_active.load(Ordering::Relaxed);
+            if a == b {
                 return snap;
             }
-            spin_wait();
+            // A flip completed while we read (system-wide progress): again.
+            a = b;
+            crate::sync::fence(Ordering::Acquire);
         }
     }
 
-    /// Writes new limits under the sequence lock. `now_ms` places the window
-    /// offset when the window length changes, so that every stored window is
-    /// at least two windows old under the new length: counts measured with
-    /// the old length are dropped, never misread.
+    /// Writes new limits into the inactive set and flips to it. `now_ms`
+    /// places the window offset when the window length changes, so that
+    /// every stored window is at least two windows old under the new length:
+    /// counts measured with the old length are dropped, never misread.
     pub(crate) fn write_limits(&self, l: &Limits, now_ms: u64) {
-        // Writers serialise on the sequence: take it from even to odd.
-        let mut tries: u64 = 0;
-        let seq = loop {
-            let s = self.limits_seq.load(Ordering::Relaxed);
-            // A writer that died leaves it odd; take over after a long wait.
-            let s_even = if s & 1 == 1 && tries > 1 << 20 { s + 1 } else { s };
-            if s_even & 1 == 0
-                // Acquire: see the previous writer's fields before writing ours.
-                && self.limits_seq.compare_exchange(s, s_even + 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
-            {
-                break s_even + 1;
+        let token = crate::clock::process::token();
+        let mut spins: u64 = 0;
+        loop {
+            let cur = self.limits_writer.load(Ordering::Relaxed);
+            // Acquire: see the previous writer's sets.
+            if cur == 0 && self.limits_writer.compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                break;
             }
-            tries += 1;
+            spins += 1;
+            if cur != 0
+                && cur != token
+                && spins % 4096 == 0
+                && !crate::clock::process::is_alive(cur)
+                && self.limits_writer.compare_exchange(cur, token, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            {
+                break;
+            }
             spin_wait();
-        };
-        let old_w = self.window_ms.load(Ordering::Relaxed);
-        let new_w = l.window_ms as u64;
-        if old_w != new_w {
-            let old_off = self.window_offset.load(Ordering::Relaxed);
-            let old_id = if old_w == 0 { 0 } else { (now_ms / old_w).wrapping_add(old_off) };
-            let new_off = old_id.wrapping_add(2).wrapping_sub(now_ms / new_w);
-            self.window_offset.store(new_off, Ordering::Relaxed);
         }
-        self.window_ms.store(new_w, Ordering::Relaxed);
-        self.connections_per_window.store(l.connections_per_window as u64, Ordering::Relaxed);
-        self.max_concurrent.store(l.max_concurrent_connections as u64, Ordering::Relaxed);
-        self.messages_per_window.store(l.messages_per_window as u64, Ordering::Relaxed);
-        self.bytes_per_window.store(l.bytes_per_window, Ordering::Relaxed);
-        self.max_message_size.store(l.max_message_size as u64, Ordering::Relaxed);
-        self.client_messages.store(l.client_messages_per_window as u64, Ordering::Relaxed);
-        self.client_bytes.store(l.client_bytes_per_window, Ordering::Relaxed);
+        let a = self.limits_active.load(Ordering::Relaxed);
+        let old = &self.limits[(a & 1) as usize];
+        let set = &self.limits[(a & 1 ^ 1) as usize];
+        let old_w = old.window_ms.load(Ordering::Relaxed);
+        let old_off = old.window_offset.load(Ordering::Relaxed);
+        let new_w = l.window_ms as u64;
+        let offset = if old_w == new_w || old_w == 0 {
+            old_off
+        } else {
+            let old_id = (now_ms / old_w).wrapping_add(old_off);
+            old_id.wrapping_add(2).wrapping_sub(now_ms / new_w)
+        };
+        set.window_offset.store(offset, Ordering::Relaxed);
+        set.window_ms.store(new_w, Ordering::Relaxed);
+        set.connections_per_window.store(l.connections_per_window as u64, Ordering::Relaxed);
+        set.max_concurrent.store(l.max_concurrent_connections as u64, Ordering::Relaxed);
+        set.messages_per_window.store(l.messages_per_window as u64, Ordering::Relaxed);
+        set.bytes_per_window.store(l.bytes_per_window, Ordering::Relaxed);
+        set.max_message_size.store(l.max_message_size as u64, Ordering::Relaxed);
+        set.client_messages.store(l.client_messages_per_window as u64, Ordering::Relaxed);
+        set.client_bytes.store(l.client_bytes_per_window, Ordering::Relaxed);
         let flags = (l.fail_open as u32 * FLAG_FAIL_OPEN) | (l.dry_run as u32 * FLAG_DRY_RUN);
-        self.flags.store(flags, Ordering::Relaxed);
-        // Release: readers that see the even sequence see every field above.
-        self.limits_seq.store(seq + 1, Ordering::Release);
+        set.flags.store(flags, Ordering::Relaxed);
+        // Release: a reader that sees the flip sees every field above.
+        self.limits_active.store(((a >> 1) + 1) << 1 | (a & 1 ^ 1), Ordering::Release);
+        // Release: the next writer sees both sets as we left them.
+        self.limits_writer.store(0, Ordering::Release);
     }
 
     pub(crate) fn limits(&self) -> Limits {
@@ -342,9 +377,11 @@ impl Header {
 
 /// Random 128-bit key for the table's hash, from the kernel.
 fn random_key() -> (u64, u64) {
-    let mut buf = [0u8; 16];
+    #[cfg(loom)]
+    let buf = *b"loom-fixed-key!!";
     #[cfg(not(loom))]
-    {
+    let buf = {
+        let mut buf = [0u8; 16];
         // SAFETY: buf is valid for 16 writable bytes.
         let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n != 16 {
@@ -353,11 +390,8 @@ fn random_key() -> (u64, u64) {
             buf[..8].copy_from_slice(&t.to_le_bytes());
             buf[8..].copy_from_slice(&t.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
         }
-    }
-    #[cfg(loom)]
-    {
-        buf = *b"loom-fixed-key!!";
-    }
+        buf
+    };
     let k0 = u64::from_le_bytes(buf[..8].try_into().unwrap_or_default());
     let k1 = u64::from_le_bytes(buf[8..].try_into().unwrap_or_default());
     (k0, k1)
@@ -388,6 +422,7 @@ struct LoomParts {
     ring: Vec<RingCell>,
 }
 
+#[cfg(not(loom))]
 fn check_lock_free() -> Result<(), Error> {
     if crate::sync::u128_is_lock_free() {
         Ok(())
@@ -529,7 +564,7 @@ impl Region {
         if len < layout.total {
             return Err(Error::RegionTooSmall { needed: layout.total, given: len });
         }
-        let w = h.window_ms.load(Ordering::Relaxed);
+        let w = h.snapshot().window_ms;
         if w == 0 || w > u32::MAX as u64 {
             return Err(Error::IncompatibleRegion("corrupt window length".into()));
         }
@@ -614,6 +649,11 @@ impl Region {
         f(self.stripe(stripe)).fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Sums a striped counter, saturating (lifetime byte totals can be huge).
+    pub(crate) fn sum_saturating(&self, f: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
+        (0..STRIPES).map(|i| f(self.stripe(i)).load(Ordering::Relaxed)).fold(0u64, u64::saturating_add)
+    }
+
     /// Sums a striped counter.
     pub(crate) fn sum(&self, f: impl Fn(&Stripe) -> &AtomicU64) -> u64 {
         (0..STRIPES).map(|i| f(self.stripe(i)).load(Ordering::Relaxed)).fold(0u64, u64::wrapping_add)
@@ -637,7 +677,20 @@ impl Header {
             shard_len: z32(),
             hash_k0: z(),
             hash_k1: z(),
-            limits_seq: z(),
+            limits_writer: z(),
+            limits_active: z(),
+            limits: [LimitSet::zeroed(), LimitSet::zeroed()],
+            ring_head: z(),
+            ring_tail: z(),
+        }
+    }
+}
+
+#[cfg(loom)]
+impl LimitSet {
+    fn zeroed() -> LimitSet {
+        let z = || AtomicU64::new(0);
+        LimitSet {
             window_ms: z(),
             window_offset: z(),
             connections_per_window: z(),
@@ -647,9 +700,7 @@ impl Header {
             max_message_size: z(),
             client_messages: z(),
             client_bytes: z(),
-            flags: z32(),
-            ring_head: z(),
-            ring_tail: z(),
+            flags: AtomicU32::new(0),
         }
     }
 }

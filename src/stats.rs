@@ -75,14 +75,14 @@ impl ConnectionInfo {
 pub(crate) fn collect(region: &Region) -> Stats {
     let h = region.header();
     let mut active = 0u64;
-    let mut msgs = region.sum(|s| &s.closed_messages);
-    let mut bytes = region.sum(|s| &s.closed_bytes);
+    let mut msgs = region.sum_saturating(|s| &s.closed_messages);
+    let mut bytes = region.sum_saturating(|s| &s.closed_bytes);
     for (_, live) in conn::live_connections(region) {
         active += 1;
         let slot = region.conn(live.index);
         let t = Traffic::unpack(slot.traffic.load(Ordering::Acquire));
-        msgs += slot.acc_messages.load(Ordering::Relaxed) + t.msgs_prev + t.msgs_cur;
-        bytes += slot.acc_bytes.load(Ordering::Relaxed) + t.bytes_prev + t.bytes_cur;
+        msgs = msgs.saturating_add(slot.acc_messages.load(Ordering::Relaxed).saturating_add(t.msgs_prev + t.msgs_cur));
+        bytes = bytes.saturating_add(slot.acc_bytes.load(Ordering::Relaxed).saturating_add(t.bytes_prev + t.bytes_cur));
     }
     let mut tracked = 0u64;
     let mut unique = 0u64;
@@ -132,8 +132,8 @@ pub(crate) fn connection_info(region: &Region, handle: u64) -> Option<Connection
         client_id_len,
         connected_at_ms: slot.connected_at_ms.load(Ordering::Relaxed),
         last_message_at_ms: slot.last_message_at_ms.load(Ordering::Relaxed),
-        message_count: slot.acc_messages.load(Ordering::Relaxed) + t.msgs_prev + t.msgs_cur,
-        byte_count: slot.acc_bytes.load(Ordering::Relaxed) + t.bytes_prev + t.bytes_cur,
+        message_count: slot.acc_messages.load(Ordering::Relaxed).saturating_add(t.msgs_prev + t.msgs_cur),
+        byte_count: slot.acc_bytes.load(Ordering::Relaxed).saturating_add(t.bytes_prev + t.bytes_cur),
     };
     // The connection may have closed while we read: then it is unknown.
     conn::lookup(region, handle).map(|_| info)

@@ -1,0 +1,327 @@
+//! The engine against a simple sequential model, over random operation
+//! sequences and a fake clock (proptest). The model shares no code with the
+//! engine: it keeps a count per absolute window in a map and finds
+//! `retry_after` by walking forward one millisecond at a time.
+#![cfg(not(loom))]
+
+use proptest::prelude::*;
+use ratethrottle::{Conn, Decision, Limiter, Limits, Reason, RETRY_NEVER};
+use std::collections::HashMap;
+
+#[derive(Default, Clone)]
+struct Windows(HashMap<u64, u64>);
+
+impl Windows {
+    fn pair(&self, now: u64, w: u64) -> (u64, u64, u64) {
+        let id = now / w;
+        let prev = if id == 0 { 0 } else { *self.0.get(&(id - 1)).unwrap_or(&0) };
+        (prev, *self.0.get(&id).unwrap_or(&0), now % w)
+    }
+    fn passes(&self, now: u64, w: u64, k: u64, limit: u64) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        let (p, c, e) = self.pair(now, w);
+        (p as u128) * ((w - e) as u128) + (c as u128 + k as u128) * (w as u128) <= (limit as u128) * (w as u128)
+    }
+    /// Walks forward until the request passes (no other traffic).
+    fn retry(&self, now: u64, w: u64, k: u64, limit: u64) -> u64 {
+        if k > limit {
+            return RETRY_NEVER;
+        }
+        (0..=3 * w).find(|t| self.passes(now + t, w, k, limit)).expect("passes within three windows")
+    }
+    fn add(&mut self, now: u64, w: u64, k: u64) {
+        let e = self.0.entry(now / w).or_default();
+        *e = e.saturating_add(k);
+    }
+}
+
+#[derive(Default, Clone)]
+struct ClientModel {
+    connects: Windows,
+    active: u64,
+    msgs: Windows,
+    bytes: Windows,
+}
+
+struct ConnModel {
+    client: Vec<u8>,
+    msgs: Windows,
+    bytes: Windows,
+    open: bool,
+    total_msgs: u64,
+    total_bytes: u64,
+}
+
+struct Model {
+    l: Limits,
+    clients: HashMap<Vec<u8>, ClientModel>,
+    conns: Vec<ConnModel>,
+}
+
+/// (reason, limit, retry) of each failing check, in check order.
+type Fails = Vec<(Reason, u64, u64)>;
+
+impl Model {
+    fn w(&self) -> u64 {
+        self.l.window_ms as u64
+    }
+
+    fn connect(&mut self, id: &[u8], now: u64) -> (bool, Reason, u64) {
+        let w = self.w();
+        let l = self.l;
+        let c = self.clients.entry(id.to_vec()).or_default();
+        let mut fails: Fails = vec![];
+        if l.max_concurrent_connections != 0 && c.active + 1 > l.max_concurrent_connections as u64 {
+            fails.push((Reason::ConcurrentConnections, l.max_concurrent_connections as u64, 0));
+        } else if !c.connects.passes(now, w, 1, l.connections_per_window as u64) {
+            let r = c.connects.retry(now, w, 1, l.connections_per_window as u64);
+            fails.push((Reason::ConnectionRate, l.connections_per_window as u64, r));
+        }
+        if let Some(f) = fails.first() {
+            if !l.dry_run {
+                return (false, f.0, f.2);
+            }
+        }
+        c.active += 1;
+        c.connects.add(now, w, 1);
+        let reason = fails.first().map_or(Reason::Ok, |f| f.0);
+        (true, reason, fails.first().map_or(0, |f| f.2))
+    }
+
+    fn message(&mut self, conn: usize, size: u64, now: u64) -> (bool, Reason, u64) {
+        let w = self.w();
+        let l = self.l;
+        let Some(cm) = self.conns.get(conn).filter(|c| c.open) else {
+            return (false, Reason::UnknownConnection, 0);
+        };
+        let client = self.clients.get(&cm.client).cloned().unwrap_or_default();
+        let mut fails: Fails = vec![];
+        if l.max_message_size != 0 && size > l.max_message_size as u64 {
+            fails.push((Reason::MessageTooLarge, l.max_message_size as u64, RETRY_NEVER));
+            if !l.dry_run {
+                return (false, Reason::MessageTooLarge, RETRY_NEVER);
+            }
+        }
+        let checks: [(Reason, &Windows, u64, u64); 4] = [
+            (Reason::MessageRate, &cm.msgs, 1, l.messages_per_window as u64),
+            (Reason::Bandwidth, &cm.bytes, size, l.bytes_per_window),
+            (Reason::ClientMessageRate, &client.msgs, 1, l.client_messages_per_window as u64),
+            (Reason::ClientBandwidth, &client.bytes, size, l.client_bytes_per_window),
+        ];
+        let mut window_fails: Fails = vec![];
+        for (reason, win, k, limit) in checks {
+            if !win.passes(now, w, k, limit) {
+                window_fails.push((reason, limit, win.retry(now, w, k, limit)));
+            }
+        }
+        let retry = window_fails.iter().map(|f| f.2).max().unwrap_or(0);
+        if let Some(f) = window_fails.first() {
+            fails.push((f.0, f.1, retry));
+        }
+        if let Some(f) = fails.first() {
+            if !l.dry_run {
+                return (false, f.0, f.2);
+            }
+        }
+        let cm = &mut self.conns[conn];
+        cm.msgs.add(now, w, 1);
+        cm.bytes.add(now, w, size);
+        cm.total_msgs += 1;
+        cm.total_bytes = cm.total_bytes.saturating_add(size);
+        if l.client_messages_per_window != 0 || l.client_bytes_per_window != 0 {
+            let c = self.clients.get_mut(&cm.client).unwrap();
+            c.msgs.add(now, w, 1);
+            c.bytes.add(now, w, size);
+        }
+        (true, fails.first().map_or(Reason::Ok, |f| f.0), fails.first().map_or(0, |f| f.2))
+    }
+
+    fn key(&mut self, key: &[u8], size: u64, now: u64) -> (bool, Reason, u64) {
+        let w = self.w();
+        let l = self.l;
+        if l.client_messages_per_window == 0 && l.client_bytes_per_window == 0 {
+            return (true, Reason::Ok, 0);
+        }
+        let c = self.clients.entry(key.to_vec()).or_default();
+        let checks = [
+            (Reason::ClientMessageRate, &c.msgs, 1, l.client_messages_per_window as u64),
+            (Reason::ClientBandwidth, &c.bytes, size, l.client_bytes_per_window),
+        ];
+        let mut fails: Fails = vec![];
+        for (reason, win, k, limit) in checks {
+            if !win.passes(now, w, k, limit) {
+                fails.push((reason, limit, win.retry(now, w, k, limit)));
+            }
+        }
+        let retry = fails.iter().map(|f| f.2).max().unwrap_or(0);
+        if let Some(f) = fails.first() {
+            if !l.dry_run {
+                return (false, f.0, retry);
+            }
+        }
+        c.msgs.add(now, w, 1);
+        c.bytes.add(now, w, size);
+        (true, fails.first().map_or(Reason::Ok, |f| f.0), if fails.is_empty() { 0 } else { retry })
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Connect(u8),
+    Disconnect(u8),
+    Message(u8, u64),
+    Key(u8, u64),
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..4).prop_map(Op::Connect),
+        1 => any::<u8>().prop_map(Op::Disconnect),
+        6 => (any::<u8>(), prop_oneof![0u64..64, 0u64..300, Just(u64::MAX)]).prop_map(|(c, s)| Op::Message(c, s)),
+        2 => (0u8..6, 0u64..200).prop_map(|(k, s)| Op::Key(k, s)),
+        3 => prop_oneof![0u64..5, 0u64..400, 0u64..3000].prop_map(Op::Advance),
+    ]
+}
+
+fn limits() -> impl Strategy<Value = Limits> {
+    (
+        prop_oneof![Just(1u32), Just(7), Just(100), Just(1000)],
+        0u32..5,
+        0u32..4,
+        0u32..8,
+        prop_oneof![Just(0u64), 1u64..800],
+        prop_oneof![Just(0u32), 1u32..300],
+        prop_oneof![Just(0u32), 1u32..10],
+        prop_oneof![Just(0u64), 1u64..1000],
+        any::<bool>(),
+    )
+        .prop_map(|(w, cpw, conc, mpw, bpw, maxsz, cm, cb, dry)| Limits {
+            window_ms: w,
+            connections_per_window: cpw,
+            max_concurrent_connections: conc,
+            messages_per_window: mpw,
+            bytes_per_window: bpw,
+            max_message_size: maxsz,
+            client_messages_per_window: cm,
+            client_bytes_per_window: cb,
+            max_clients: 64,
+            max_connections: 64,
+            fail_open: false,
+            dry_run: dry,
+        })
+}
+
+fn key_name(k: u8) -> Vec<u8> {
+    // Keys 0..3 coincide with client ids: keys and clients share the table.
+    match k {
+        0..=3 => vec![b'c', k],
+        4 => Vec::new(),
+        _ => b"room\0with\xffbytes".to_vec(),
+    }
+}
+
+fn check(d: Decision, m: (bool, Reason, u64), what: &str) -> Result<(), TestCaseError> {
+    prop_assert_eq!((d.allowed, d.reason), (m.0, m.1), "{}: {:?}", what, d);
+    if d.reason != Reason::Ok {
+        prop_assert_eq!(d.retry_after_ms, m.2, "{}: retry_after of {:?}", what, d);
+    } else {
+        prop_assert_eq!(d.retry_after_ms, 0, "{}", what);
+    }
+    Ok(())
+}
+
+proptest! {
+    // 256 cases by default; PROPTEST_CASES=N runs more.
+    #![proptest_config(ProptestConfig::default())]
+
+    #[test]
+    fn engine_matches_the_model(l in limits(), ops in proptest::collection::vec(op(), 1..120), start in prop_oneof![Just(0u64), 0u64..1_000_000, Just(u64::MAX / 2)]) {
+        let lim = Limiter::new(&l).unwrap();
+        let mut m = Model { l, clients: HashMap::new(), conns: vec![] };
+        let mut handles: Vec<Conn> = vec![];
+        let mut now = start;
+        for (i, op) in ops.iter().enumerate() {
+            let what = format!("op {i} {op:?} at {now}");
+            match *op {
+                Op::Connect(c) => {
+                    let id = vec![b'c', c];
+                    let (d, h) = lim.connect_at(&id, now);
+                    let md = m.connect(&id, now);
+                    check(d, md, &what)?;
+                    prop_assert_eq!(h.is_some(), d.allowed);
+                    if let Some(h) = h {
+                        handles.push(h);
+                        m.conns.push(ConnModel { client: id, msgs: Windows::default(), bytes: Windows::default(), open: true, total_msgs: 0, total_bytes: 0 });
+                    }
+                }
+                Op::Disconnect(x) => {
+                    if handles.is_empty() { continue; }
+                    let k = x as usize % handles.len();
+                    let closed = lim.disconnect(handles[k]);
+                    prop_assert_eq!(closed, m.conns[k].open, "{}", what);
+                    if m.conns[k].open {
+                        m.conns[k].open = false;
+                        let client = m.conns[k].client.clone();
+                        m.clients.get_mut(&client).unwrap().active -= 1;
+                    }
+                }
+                Op::Message(x, size) => {
+                    if handles.is_empty() { continue; }
+                    let k = x as usize % handles.len();
+                    let d = lim.check_message_at(handles[k], size, now);
+                    check(d, m.message(k, size, now), &what)?;
+                }
+                Op::Key(k, size) => {
+                    let key = key_name(k);
+                    let d = lim.check_key_at(&key, size, now);
+                    check(d, m.key(&key, size, now), &what)?;
+                }
+                Op::Advance(ms) => now = now.saturating_add(ms),
+            }
+        }
+        let s = lim.stats();
+        let open: Vec<&ConnModel> = m.conns.iter().filter(|c| c.open).collect();
+        prop_assert_eq!(s.active_connections, open.len() as u64);
+        prop_assert_eq!(s.total_messages, m.conns.iter().map(|c| c.total_msgs).sum::<u64>());
+        prop_assert_eq!(s.total_bytes, m.conns.iter().map(|c| c.total_bytes).fold(0u64, u64::saturating_add));
+        for c in 0u8..4 {
+            let id = vec![b'c', c];
+            let active = m.clients.get(&id).map_or(0, |c| c.active);
+            prop_assert_eq!(lim.client_connections(&id) as u64, active);
+        }
+        for (k, h) in handles.iter().enumerate() {
+            let info = lim.connection_info(*h);
+            prop_assert_eq!(info.is_some(), m.conns[k].open);
+            if let Some(info) = info {
+                prop_assert_eq!(info.message_count, m.conns[k].total_msgs);
+                prop_assert_eq!(info.byte_count, m.conns[k].total_bytes);
+            }
+        }
+    }
+
+    /// I3/T9: a denied request passes at now + retry_after and not one ms earlier.
+    #[test]
+    fn retry_after_is_exact(w in 1u32..5000, limit in 1u32..50, burst in 1u32..120, gap in 0u64..20_000, size in 1u64..100) {
+        let l = Limits { window_ms: w, messages_per_window: limit, bytes_per_window: 0, max_message_size: 0, ..Limits::default() };
+        let lim = Limiter::new(&l).unwrap();
+        let (_, c) = lim.connect_at(b"x", 0);
+        let c = c.unwrap();
+        let mut now = 0;
+        let mut denied = None;
+        for i in 0..burst {
+            now = i as u64 * gap / burst.max(1) as u64;
+            let d = lim.check_message_at(c, size, now);
+            if !d.allowed { denied = Some((now, d)); break; }
+        }
+        if let Some((at, d)) = denied {
+            prop_assert!(d.retry_after_ms > 0 && d.retry_after_ms <= 2 * w as u64 + 1);
+            // A second denial at the same instant changes nothing (denials are not counted).
+            prop_assert_eq!(lim.check_message_at(c, size, at).retry_after_ms, d.retry_after_ms);
+            prop_assert!(!lim.check_message_at(c, size, at + d.retry_after_ms - 1).allowed);
+            prop_assert!(lim.check_message_at(c, size, at + d.retry_after_ms).allowed);
+        }
+    }
+}
