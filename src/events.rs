@@ -71,6 +71,9 @@ pub type ViolationCallback = Box<dyn Fn(&Violation) + Send + Sync + 'static>;
 /// a thread still running the old one never sees it freed.
 pub(crate) struct Callbacks {
     current: AtomicPtr<ViolationCallback>,
+    // Boxed twice on purpose: `current` points at the inner box's heap slot,
+    // which must not move while a thread may still call through it.
+    #[allow(clippy::vec_box)]
     retired: Mutex<Vec<Box<ViolationCallback>>>,
 }
 

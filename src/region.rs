@@ -550,7 +550,8 @@ impl Region {
         }
         let mc = h.max_clients.load(Ordering::Relaxed);
         let mx = h.max_connections.load(Ordering::Relaxed);
-        let limits_ok = mc >= 1 && mc <= crate::limits::MAX_CAPACITY && mx >= 1 && mx <= crate::limits::MAX_CAPACITY;
+        let cap = 1..=crate::limits::MAX_CAPACITY;
+        let limits_ok = cap.contains(&mc) && cap.contains(&mx);
         let layout = Layout::new(mc, mx)
             .filter(|_| limits_ok)
             .ok_or_else(|| Error::IncompatibleRegion(format!("corrupt capacities {mc} clients / {mx} connections")))?;

@@ -20,9 +20,16 @@ pub(crate) use portable_atomic::AtomicU128;
 /// Whether 128-bit atomics are lock-free on this CPU. A lock-based fallback
 /// would be per process, so it is wrong in shared memory: regions refuse to
 /// be created or attached when this is false.
-#[cfg(not(loom))]
+#[cfg(all(not(loom), not(miri)))]
 pub(crate) fn u128_is_lock_free() -> bool {
     AtomicU128::is_lock_free()
+}
+
+/// Miri runs portable-atomic's fallback; that is fine there, because Miri
+/// runs one process and checks our code for undefined behaviour, not the CPU.
+#[cfg(all(not(loom), miri))]
+pub(crate) fn u128_is_lock_free() -> bool {
+    true
 }
 
 #[cfg(loom)]
