@@ -93,6 +93,27 @@ impl Drop for Limiter {
     }
 }
 
+/// Asks for transparent huge pages over a large heap region: random lookups
+/// over hundreds of MiB otherwise spend most of their time in TLB misses.
+/// Advice only: ignored where THP is off.
+#[cfg(not(any(loom, miri)))]
+fn advise_huge_pages(ptr: *mut u8, size: usize) {
+    const HUGE: usize = 2 << 20;
+    if size < 2 * HUGE {
+        return;
+    }
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + size) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: [start, end) lies inside our own allocation; MADV_HUGEPAGE
+        // changes no contents.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+#[cfg(any(loom, miri))]
+fn advise_huge_pages(_ptr: *mut u8, _size: usize) {}
+
 /// One windowed check: a limit, a window pair rolled to now, and a cost.
 #[derive(Clone, Copy)]
 struct Check {
@@ -109,17 +130,23 @@ impl Check {
     fn enabled(&self) -> bool {
         self.limit != 0
     }
+    #[inline]
     fn passes(&self) -> bool {
         !self.enabled() || window::admits(self.prev, self.cur, self.cost, self.limit, self.window_ms, self.elapsed_ms)
     }
     fn retry(&self) -> u64 {
         window::retry_after(self.prev, self.cur, self.cost, self.limit, self.window_ms, self.elapsed_ms)
     }
-    fn estimate(&self, charged: u64) -> u64 {
-        window::estimate(self.prev, self.cur.saturating_add(charged), self.window_ms, self.elapsed_ms)
-    }
-    fn remaining(&self, charged: u64) -> u64 {
-        window::remaining(self.prev, self.cur.saturating_add(charged), self.limit, self.window_ms, self.elapsed_ms)
+    /// (estimate, remaining) with `charged` added to the current window.
+    #[inline]
+    fn budget(&self, charged: u64) -> (u64, u64) {
+        window::estimate_and_remaining(
+            self.prev,
+            self.cur.saturating_add(charged),
+            self.limit,
+            self.window_ms,
+            self.elapsed_ms,
+        )
     }
 }
 
@@ -130,6 +157,7 @@ struct Verdict {
     retry_after_ms: u64,
 }
 
+#[inline]
 fn judge(checks: &[Check]) -> Verdict {
     let mut v = Verdict { fail: None, retry_after_ms: 0 };
     for c in checks.iter().filter(|c| !c.passes()) {
@@ -141,14 +169,8 @@ fn judge(checks: &[Check]) -> Verdict {
 
 /// The decision for a failed check.
 fn denial(c: &Check, retry_after_ms: u64) -> Decision {
-    Decision {
-        allowed: false,
-        reason: c.reason,
-        retry_after_ms,
-        limit: c.limit,
-        remaining: c.remaining(0),
-        current: c.estimate(0),
-    }
+    let (current, remaining) = c.budget(0);
+    Decision { allowed: false, reason: c.reason, retry_after_ms, limit: c.limit, remaining, current }
 }
 
 /// The decision for an allowed request: the first enabled limit reports.
@@ -156,8 +178,7 @@ fn allowance(checks: &[Check]) -> Decision {
     let mut d = Decision::allow();
     if let Some(c) = checks.iter().find(|c| c.enabled()) {
         d.limit = c.limit;
-        d.current = c.estimate(c.cost);
-        d.remaining = c.remaining(c.cost);
+        (d.current, d.remaining) = c.budget(c.cost);
     }
     d
 }
@@ -189,15 +210,13 @@ fn saturate(cur: u64, cost: u64, max: u64) -> (u64, u64) {
     }
 }
 
-/// Adds to a lifetime total, saturating at `u64::MAX` (rare path: only when
-/// a window rotates or a count overflows its field).
+/// Adds to a lifetime total, saturating at `u64::MAX` (only a message of an
+/// absurd size with no byte limit can get there; then the total pins at the
+/// maximum). One `fetch_add`; the fix-up runs only after an overflow.
+#[inline]
 fn add_saturating(total: &crate::sync::AtomicU64, n: u64) {
-    let mut cur = total.load(Ordering::Relaxed);
-    loop {
-        match total.compare_exchange_weak(cur, cur.saturating_add(n), Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(v) => cur = v,
-        }
+    if n != 0 && total.fetch_add(n, Ordering::Relaxed).checked_add(n).is_none() {
+        total.store(u64::MAX, Ordering::Relaxed);
     }
 }
 
@@ -230,6 +249,7 @@ impl Limiter {
             if ptr.is_null() {
                 return Err(Error::OutOfMemory);
             }
+            advise_huge_pages(ptr, size);
             // SAFETY: ptr is a fresh, aligned allocation of `size` bytes that
             // lives until Drop.
             match unsafe { Region::init(ptr, size, limits) } {
@@ -592,33 +612,28 @@ impl Limiter {
         let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
         let tag = live.generation & TAG_MASK;
         let client = (live.client != NO_CLIENT && snap.client_limited()).then_some(live.client);
-
-        // Decide on the connection word first, without writing it.
         let tw = slot.traffic.load(Ordering::Acquire);
-        let t = Traffic::unpack(tw);
-        if t.tag != tag {
-            return Decision::deny(Reason::UnknownConnection);
-        }
-        let conn_checks = conn_checks(&snap, roll_traffic(&t, pos), size);
-        let v = judge(&conn_checks);
-        if let Some(fail) = v.fail {
-            let mut retry = v.retry_after_ms;
-            if let Some(ci) = client {
-                retry = retry.max(self.client_retry(ci, &snap, pos, size));
-            }
-            let d = denial(&fail, retry);
-            if !snap.dry_run() {
-                return self.report_conn(d, &live, size, now_ms);
-            }
-            would_deny.get_or_insert(d);
-        }
-        // Charge the client word (if limited), then the connection word.
         let mut client_charge = None;
         if let Some(ci) = client {
+            // Judge the connection word first, without writing it, so that a
+            // message the connection refuses is never charged to the client.
+            let t = Traffic::unpack(tw);
+            if t.tag != tag {
+                return Decision::deny(Reason::UnknownConnection);
+            }
+            let v = judge(&conn_checks(&snap, roll_traffic(&t, pos), size));
+            if let Some(fail) = v.fail {
+                let retry = v.retry_after_ms.max(self.client_retry(ci, &snap, pos, size));
+                let d = denial(&fail, retry);
+                if !snap.dry_run() {
+                    return self.report_conn(d, &live, size, now_ms);
+                }
+                would_deny.get_or_insert(d);
+            }
             match self.charge_client(ci, live.client_epoch, &snap, pos, size) {
-                Ok((charge, d)) => {
+                Ok((charge, dry)) => {
                     client_charge = Some(charge);
-                    if let Some(d) = d {
+                    if let Some(d) = dry {
                         would_deny.get_or_insert(d);
                     }
                 }
@@ -626,9 +641,9 @@ impl Limiter {
             }
         }
         match self.charge_conn(slot, tag, &snap, pos, size, tw) {
-            Ok(allowed) => {
+            Ok((allowed, dry)) => {
                 slot.last_message_at_ms.store(now_ms, Ordering::Relaxed);
-                match would_deny {
+                match would_deny.or(dry) {
                     Some(mut d) => {
                         d.allowed = true;
                         self.report_conn(d, &live, size, now_ms)
@@ -646,7 +661,8 @@ impl Limiter {
     }
 
     /// Commits a message to the connection word (CAS loop, re-deciding on
-    /// every retry). `Err` when a racing check used up the budget.
+    /// every retry). `Err` when the connection is over a limit; in dry-run
+    /// mode `Ok` carries the would-be denial.
     fn charge_conn(
         &self,
         slot: &crate::region::ConnSlot,
@@ -655,7 +671,7 @@ impl Limiter {
         pos: Position,
         size: u64,
         mut tw: u128,
-    ) -> Result<Decision, Decision> {
+    ) -> Result<(Decision, Option<Decision>), Decision> {
         loop {
             let t = Traffic::unpack(tw);
             if t.tag != tag {
@@ -664,10 +680,13 @@ impl Limiter {
             let rt = roll_traffic(&t, pos);
             let checks = conn_checks(snap, rt, size);
             let v = judge(&checks);
+            let mut dry = None;
             if let Some(fail) = v.fail {
+                let d = denial(&fail, v.retry_after_ms);
                 if !snap.dry_run() {
-                    return Err(denial(&fail, v.retry_after_ms));
+                    return Err(d);
                 }
+                dry = Some(d);
             }
             let (mc, mo) = saturate(rt.msgs.cur, 1, MSGS_MAX);
             let (bc, bo) = saturate(rt.bytes.cur, size, BYTES_MAX);
@@ -689,7 +708,7 @@ impl Limiter {
                     if db != 0 {
                         add_saturating(&slot.acc_bytes, db);
                     }
-                    return Ok(allowance(&checks));
+                    return Ok((allowance(&checks), dry));
                 }
                 Err(cur) => tw = cur,
             }

@@ -3,8 +3,13 @@
 //! A client (or key) is identified by a 127-bit SipHash-1-3 of its id, keyed
 //! with the region's random secret, so attacker-chosen ids cannot aim at one
 //! shard and two ids never share state (a collision is a 2^-127 event).
-//! The hash picks a shard and a home slot; a client lives in one of the
-//! `probe` slots from its home (wrapping inside the shard).
+//! The hash picks a shard and two home slots in it; a client lives within
+//! `probe` (16) slots of one of its homes (wrapping inside the shard), so a
+//! lookup reads at most 32 slots. The table has two slots per `max_clients`
+//! (see `region::SLOTS_PER_CLIENT`), so `max_clients` ids always fit.
+//! Each slot has a one-byte tag (hash bits, high bit set) in a compact array:
+//! lookups compare tags first and read a slot only when its tag matches, so a
+//! miss costs a few cache lines, not 32 slots.
 //!
 //! Invariants:
 //! - Lookups are lock-free: a slot whose key equals the hash (without the
@@ -67,19 +72,40 @@ fn shard_of(region: &Region, h: u128) -> u32 {
     (h as u32) & (region.layout.shards - 1)
 }
 
+/// The tag of a hash: 7 bits of it with the high bit set (0 means empty).
+#[inline]
+fn tag_of(h: u128) -> u8 {
+    (h >> 112) as u8 | 0x80
+}
+
+/// The slots a client may occupy, nearest to either home first.
 #[inline]
 fn probe_slots(region: &Region, h: u128) -> impl Iterator<Item = u32> {
     let l = region.layout;
     let shard = shard_of(region, h);
-    let home = ((h >> 64) as u64 % l.shard_len as u64) as u32;
+    let len = l.shard_len as u64;
+    let home1 = ((h >> 64) as u64 % len) as u32;
+    let mut home2 = ((h >> 32) as u32 as u64 % len) as u32;
+    if home2 == home1 && len > l.probe() as u64 {
+        // Two different windows (when the shard has room for them).
+        home2 = (home1 + l.probe()) % l.shard_len;
+    }
     let base = shard * l.shard_len;
-    (0..l.probe()).map(move |i| base + (home + i) % l.shard_len)
+    let homes = if home2 == home1 { 1 } else { 2 };
+    (0..l.probe())
+        .flat_map(move |d| [home1, home2].into_iter().take(homes).map(move |home| base + (home + d) % l.shard_len))
 }
 
-/// Finds a client without inserting it.
+/// Finds a client without inserting it. Lock-free. May miss a client whose
+/// insert is racing this call (its tag not yet visible); the caller's insert
+/// path then looks again under the shard lock, without tags.
 #[inline]
 pub(crate) fn find(region: &Region, h: u128) -> Option<Found> {
+    let tag = tag_of(h);
     for i in probe_slots(region, h) {
+        if region.tag(i).load(Ordering::Relaxed) != tag {
+            continue;
+        }
         let slot = region.client(i);
         if slot.key.load(Ordering::Acquire) == h {
             // Acquire: a reclaim's epoch bump is ordered after its pending
@@ -120,16 +146,22 @@ pub(crate) fn find_or_insert(region: &Region, h: u128, id: &[u8], pos: Position)
     }
     let shard = shard_of(region, h);
     let _guard = ShardGuard::lock(region, shard)?;
-    // Under the lock no other insert or reclaim runs in this shard.
-    if let Some(f) = find(region, h) {
-        return Ok(f);
+    // Under the lock no other insert or reclaim runs in this shard; look
+    // again, reading every key (a lock-free find may miss a fresh insert).
+    for i in probe_slots(region, h) {
+        let slot = region.client(i);
+        if slot.key.load(Ordering::Acquire) == h {
+            let epoch = Conns::unpack(slot.conns.load(Ordering::Acquire)).epoch;
+            return Ok(Found { index: i, epoch });
+        }
     }
     for i in probe_slots(region, h) {
         let slot = region.client(i);
         if slot.key.load(Ordering::Acquire) == 0 {
             let c = Conns::unpack(slot.conns.load(Ordering::Acquire));
             store_id(&slot.id, &slot.id_len, id);
-            // Release: lookups that see the key see its id bytes.
+            region.tag(i).store(tag_of(h), Ordering::Relaxed);
+            // Release: lookups that see the key see its id bytes and tag.
             slot.key.store(h, Ordering::Release);
             return Ok(Found { index: i, epoch: c.epoch });
         }
@@ -169,7 +201,8 @@ fn reclaim(region: &Region, i: u32, h: u128, id: &[u8], pos: Position) -> Option
         return None;
     }
     store_id(&slot.id, &slot.id_len, id);
-    // Release: lookups that see the key see the new epoch and id.
+    region.tag(i).store(tag_of(h), Ordering::Relaxed);
+    // Release: lookups that see the key see the new epoch, id and tag.
     slot.key.store(h, Ordering::Release);
     Some(Found { index: i, epoch })
 }
@@ -230,6 +263,7 @@ impl<'a> ShardGuard<'a> {
             slot.traffic.store(Traffic::fresh(epoch & TAG_MASK, 0), Ordering::SeqCst);
             slot.conns.store(Conns { epoch, ..Conns::default() }.pack(), Ordering::SeqCst);
             slot.key.store(0, Ordering::SeqCst);
+            self.region.tag(i).store(0, Ordering::Relaxed);
         }
     }
 }

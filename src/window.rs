@@ -100,33 +100,62 @@ pub(crate) fn roll(stored_id: u64, prev: u64, cur: u64, pos: Position) -> Rolled
     apply(step(stored_id, pos, prev == 0 && cur == 0), stored_id, prev, cur, pos)
 }
 
+/// Counts and limits below 2^30 with a window below 2^32 keep every product
+/// of the inequality below 2^64 (prev*W < 2^62, (cur+k)*W < 2^63), so u64
+/// arithmetic is exact. Real counts are at most 2^26, so this is the path taken.
+const FAST_COUNT: u64 = 1 << 30;
+const FAST_WINDOW: u64 = 1 << 32;
+
 /// Whether a request of cost `k` passes under `limit`.
 #[inline]
 pub(crate) fn admits(prev: u64, cur: u64, k: u64, limit: u64, window_ms: u64, elapsed_ms: u64) -> bool {
+    if k > limit {
+        return false;
+    }
+    if (prev | cur | limit) < FAST_COUNT && window_ms < FAST_WINDOW {
+        // k <= limit < 2^30, so cur + k < 2^31.
+        let lhs = prev * (window_ms - elapsed_ms) + (cur + k) * window_ms;
+        return lhs <= limit * window_ms;
+    }
     let w = window_ms as u128;
     let lhs = prev as u128 * (w - elapsed_ms as u128) + (cur as u128 + k as u128) * w;
     lhs <= limit as u128 * w
 }
 
-/// The estimate `floor(prev * (W - e) / W) + cur`.
+/// The previous window's weight `prev * (W - e) / W`, as (floor, ceil).
 #[inline]
+fn weight(prev: u64, window_ms: u64, elapsed_ms: u64) -> (u64, u64) {
+    if prev == 0 || elapsed_ms == 0 {
+        return (prev, prev);
+    }
+    let (q, r) = if prev < FAST_WINDOW && window_ms < FAST_WINDOW {
+        let n = prev * (window_ms - elapsed_ms);
+        (n / window_ms, n % window_ms)
+    } else {
+        let n = prev as u128 * (window_ms - elapsed_ms) as u128;
+        ((n / window_ms as u128) as u64, (n % window_ms as u128) as u64)
+    };
+    (q, q + (r != 0) as u64)
+}
+
+/// The estimate `floor(prev * (W - e) / W) + cur`.
+#[cfg(test)]
 pub(crate) fn estimate(prev: u64, cur: u64, window_ms: u64, elapsed_ms: u64) -> u64 {
-    let w = window_ms as u128;
-    let p = (prev as u128 * (w - elapsed_ms as u128)) / w;
-    (p + cur as u128).min(u64::MAX as u128) as u64
+    weight(prev, window_ms, elapsed_ms).0.saturating_add(cur)
 }
 
 /// Budget left under `limit`: `floor((L*W - prev*(W-e) - cur*W) / W)`, at least 0.
-#[inline]
+#[cfg(test)]
 pub(crate) fn remaining(prev: u64, cur: u64, limit: u64, window_ms: u64, elapsed_ms: u64) -> u64 {
-    let w = window_ms as u128;
-    let used = prev as u128 * (w - elapsed_ms as u128) + cur as u128 * w;
-    let cap = limit as u128 * w;
-    if used >= cap {
-        0
-    } else {
-        ((cap - used) / w) as u64
-    }
+    // floor(L - c - x) = L - c - ceil(x) for x = prev*(W-e)/W.
+    limit.saturating_sub(cur).saturating_sub(weight(prev, window_ms, elapsed_ms).1)
+}
+
+/// Estimate and remaining budget together, from one division.
+#[inline]
+pub(crate) fn estimate_and_remaining(prev: u64, cur: u64, limit: u64, window_ms: u64, elapsed_ms: u64) -> (u64, u64) {
+    let (lo, hi) = weight(prev, window_ms, elapsed_ms);
+    (lo.saturating_add(cur), limit.saturating_sub(cur).saturating_sub(hi))
 }
 
 /// The smallest whole number of ms after which the same request passes,
@@ -193,6 +222,41 @@ mod tests {
                                     naive_retry(prev, cur, k, limit, w, e),
                                     "w={w} l={limit} p={prev} c={cur} k={k} e={e}"
                                 );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_forms_equal_the_u128_definitions() {
+        let w128 = |p: u64, c: u64, l: u64, w: u64, e: u64| {
+            let (p, c, l, w, e) = (p as u128, c as u128, l as u128, w as u128, e as u128);
+            let used = p * (w - e) + c * w;
+            let est = p * (w - e) / w + c;
+            let rem = if used >= l * w { 0 } else { (l * w - used) / w };
+            (est.min(u64::MAX as u128) as u64, rem as u64)
+        };
+        let vals = [0u64, 1, 2, 3, 999, 1 << 18, (1 << 26) - 1, (1 << 32) - 1, 1 << 32, u64::MAX / 3];
+        for &p in &vals {
+            for &c in &vals {
+                for &l in &vals {
+                    for &w in &[1u64, 7, 1000, 60_000, u32::MAX as u64] {
+                        for e in [0, w / 3, w - 1] {
+                            assert_eq!(
+                                estimate_and_remaining(p, c, l, w, e),
+                                w128(p, c, l, w, e),
+                                "p={p} c={c} l={l} w={w} e={e}"
+                            );
+                            assert_eq!(estimate(p, c, w, e), w128(p, c, l, w, e).0);
+                            assert_eq!(remaining(p, c, l, w, e), w128(p, c, l, w, e).1);
+                            for k in [0u64, 1, 5, l, l.saturating_add(1)] {
+                                let (pp, cc, kk, ll, ww, ee) =
+                                    (p as u128, c as u128, k as u128, l as u128, w as u128, e as u128);
+                                let def = pp * (ww - ee) + (cc + kk) * ww <= ll * ww;
+                                assert_eq!(admits(p, c, k, l, w, e), def, "p={p} c={c} k={k} l={l} w={w} e={e}");
                             }
                         }
                     }

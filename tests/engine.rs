@@ -5,7 +5,12 @@
 use ratethrottle::{Conn, Limiter, Limits, Reason, RETRY_NEVER};
 use std::sync::{Arc, Mutex};
 
-fn lim(l: Limits) -> Limiter {
+fn lim(mut l: Limits) -> Limiter {
+    if cfg!(miri) {
+        // Miri interprets every load: keep the regions (and stats scans) small.
+        l.max_clients = l.max_clients.min(64);
+        l.max_connections = l.max_connections.min(64);
+    }
     Limiter::new(&l).unwrap()
 }
 
@@ -179,10 +184,20 @@ fn ids_are_any_bytes_and_never_confused() {
 
 #[test]
 fn table_full_fails_closed_by_default_and_open_when_asked() {
+    // The table holds at least max_clients ids (it has headroom for its
+    // bounded probing); when every slot a new id could use is live: TableFull.
     let l = lim(Limits { max_clients: 2, ..Limits::default() });
     conn(&l, b"a", 0);
-    conn(&l, b"b", 0);
-    let (d, c) = l.connect_at(b"c", 0);
+    let mut fitted = 1;
+    let (d, c) = loop {
+        let (d, c) = l.connect_at(format!("client-{fitted}").as_bytes(), 0);
+        if !d.allowed {
+            break (d, c);
+        }
+        fitted += 1;
+        assert!(fitted <= 8, "the table never filled");
+    };
+    assert!(fitted >= 2, "fewer than max_clients ids fit: {fitted}");
     assert_eq!((d.allowed, d.reason, c), (false, Reason::TableFull, None));
     assert_eq!(l.stats().denied[Reason::TableFull as usize], 1);
     // B2: a live client is never evicted for a newcomer.
@@ -190,6 +205,7 @@ fn table_full_fails_closed_by_default_and_open_when_asked() {
 
     let open = lim(Limits { max_clients: 1, fail_open: true, messages_per_window: 1, ..Limits::default() });
     conn(&open, b"a", 0);
+    conn(&open, b"a2", 0);
     let (d, c) = open.connect_at(b"b", 0);
     assert_eq!((d.allowed, d.reason), (true, Reason::TableFull));
     let c = c.expect("untracked connections still get a handle");
@@ -197,7 +213,22 @@ fn table_full_fails_closed_by_default_and_open_when_asked() {
     assert!(open.check_message_at(c, 1, 0).allowed);
     assert_eq!(open.check_message_at(c, 1, 0).reason, Reason::MessageRate);
     let s = open.stats();
-    assert_eq!((s.untracked_allowed, s.active_connections), (1, 2));
+    assert_eq!((s.untracked_allowed, s.active_connections), (1, 3));
+}
+
+#[test]
+fn max_clients_ids_always_fit() {
+    // Bounded probing never refuses an id before max_clients are tracked.
+    let n = if cfg!(miri) { 64 } else { 100_000 };
+    let l = lim(Limits { max_clients: n, max_connections: 1, ..Limits::default() });
+    for i in 0..n {
+        let d = l.check_connection_at(&i.to_le_bytes(), 0);
+        assert!(d.allowed);
+        // register_connection inserts the client; close it at once.
+        let c = l.register_connection_at(&i.to_le_bytes(), 0).unwrap_or_else(|e| panic!("id {i} of {n}: {e}"));
+        assert!(l.disconnect(c));
+    }
+    assert_eq!(l.stats().tracked_clients, n as u64);
 }
 
 #[test]
@@ -406,7 +437,7 @@ fn invalid_limits_are_refused_with_the_field_name() {
         "invalid bytes_per_window: 18446744073709551615 is out of range 0..=67108863 (0 = no limit)"
     );
     for l in [Limits::strict(), Limits::moderate(), Limits::generous()] {
-        Limiter::new(&l).unwrap();
+        lim(l);
     }
 }
 
