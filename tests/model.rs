@@ -309,10 +309,9 @@ proptest! {
         let lim = Limiter::new(&l).unwrap();
         let (_, c) = lim.connect_at(b"x", 0);
         let c = c.unwrap();
-        let mut now = 0;
         let mut denied = None;
         for i in 0..burst {
-            now = i as u64 * gap / burst.max(1) as u64;
+            let now = i as u64 * gap / burst.max(1) as u64;
             let d = lim.check_message_at(c, size, now);
             if !d.allowed { denied = Some((now, d)); break; }
         }
