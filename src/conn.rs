@@ -49,7 +49,7 @@ pub(crate) struct Live {
 }
 
 /// Splits a handle into (index, generation); `None` for 0 or out of range.
-#[inline]
+#[inline(always)]
 pub(crate) fn decode(region: &Region, handle: u64) -> Option<(u32, u64)> {
     let idx1 = handle & 0xFFFF_FFFF;
     let generation = handle >> 32;
@@ -75,7 +75,7 @@ fn state_generation(s: u64) -> u64 {
 }
 
 /// The live connection a handle names, or `None` when it is closed or stale.
-#[inline]
+#[inline(always)]
 pub(crate) fn lookup(region: &Region, handle: u64) -> Option<(Live, &ConnSlot)> {
     let (index, generation) = decode(region, handle)?;
     let slot = region.conn(index);

@@ -21,7 +21,7 @@ use crate::region::{Region, Snapshot, LANES};
 use crate::stats::{self, ConnectionInfo, Stats};
 use crate::sync::{AtomicU128, Ordering};
 use crate::table::{self, Found};
-use crate::window::{self, apply, step, Position, Rolled, RETRY_NEVER};
+use crate::window::{self, apply, step, Divisor, Position, Rolled, RETRY_NEVER};
 use core::num::NonZeroU64;
 
 /// Retries of a lookup whose slot was reclaimed under it before giving up
@@ -122,7 +122,7 @@ struct Check {
     prev: u64,
     cur: u64,
     cost: u64,
-    window_ms: u64,
+    window: Divisor,
     elapsed_ms: u64,
 }
 
@@ -132,21 +132,15 @@ impl Check {
     }
     #[inline]
     fn passes(&self) -> bool {
-        !self.enabled() || window::admits(self.prev, self.cur, self.cost, self.limit, self.window_ms, self.elapsed_ms)
+        !self.enabled() || window::admits(self.prev, self.cur, self.cost, self.limit, self.window.d, self.elapsed_ms)
     }
     fn retry(&self) -> u64 {
-        window::retry_after(self.prev, self.cur, self.cost, self.limit, self.window_ms, self.elapsed_ms)
+        window::retry_after(self.prev, self.cur, self.cost, self.limit, self.window.d, self.elapsed_ms)
     }
     /// (estimate, remaining) with `charged` added to the current window.
     #[inline]
     fn budget(&self, charged: u64) -> (u64, u64) {
-        window::estimate_and_remaining(
-            self.prev,
-            self.cur.saturating_add(charged),
-            self.limit,
-            self.window_ms,
-            self.elapsed_ms,
-        )
+        window::budget(self.prev, self.cur.saturating_add(charged), self.limit, &self.window, self.elapsed_ms)
     }
 }
 
@@ -190,6 +184,8 @@ struct RolledTraffic {
     bytes: Rolled,
 }
 
+#[inline(always)]
+
 fn roll_traffic(t: &Traffic, pos: Position) -> RolledTraffic {
     let empty = t.msgs_prev | t.msgs_cur | t.bytes_prev | t.bytes_cur == 0;
     let s = step(t.id, pos, empty);
@@ -200,7 +196,7 @@ fn roll_traffic(t: &Traffic, pos: Position) -> RolledTraffic {
 }
 
 /// Adds `cost` to a count, saturating at `max`; returns (count, overflow).
-#[inline]
+#[inline(always)]
 fn saturate(cur: u64, cost: u64, max: u64) -> (u64, u64) {
     let sum = cur.saturating_add(cost);
     if sum > max {
@@ -363,7 +359,7 @@ impl Limiter {
     fn connect_inner(&self, client: &[u8], now_ms: u64, enforce: bool) -> (Decision, Option<Conn>) {
         let r = &self.region;
         let snap = r.header().snapshot();
-        let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+        let pos = Position::with(now_ms, &snap.window, snap.window_offset);
         let h = table::hash(r, client);
         let lane = (h >> 96) as usize % LANES;
         for _ in 0..MAX_RELOOKUPS {
@@ -411,7 +407,7 @@ impl Limiter {
                 prev: r.prev,
                 cur: r.cur,
                 cost: 1,
-                window_ms: snap.window_ms,
+                window: snap.window,
                 elapsed_ms: r.elapsed_ms,
             };
             let conc_fail = snap.max_concurrent != 0 && c.active + 1 > snap.max_concurrent;
@@ -468,7 +464,7 @@ impl Limiter {
         if snap.fail_open() {
             r.count(lane, |s| &s.untracked_allowed, 1);
             r.count(lane, |s| &s.connections_allowed, 1);
-            let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+            let pos = Position::with(now_ms, &snap.window, snap.window_offset);
             let handle = conn::alloc(r, lane).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, process::token()));
             return (Decision { allowed: true, ..d }, handle.and_then(Conn::from_raw));
         }
@@ -518,7 +514,7 @@ impl Limiter {
     pub fn check_connection_at(&self, client: &[u8], now_ms: u64) -> Decision {
         let r = &self.region;
         let snap = r.header().snapshot();
-        let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+        let pos = Position::with(now_ms, &snap.window, snap.window_offset);
         let h = table::hash(r, client);
         let (c, stripe) = match table::find(r, h) {
             Some(f) => (Conns::unpack(r.client(f.index).conns.load(Ordering::Acquire)), f.index as usize),
@@ -531,7 +527,7 @@ impl Limiter {
             prev: roll.prev,
             cur: roll.cur,
             cost: 1,
-            window_ms: snap.window_ms,
+            window: snap.window,
             elapsed_ms: roll.elapsed_ms,
         };
         let mut d = if snap.max_concurrent != 0 && c.active + 1 > snap.max_concurrent {
@@ -609,7 +605,7 @@ impl Limiter {
             }
             would_deny = Some(d);
         }
-        let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+        let pos = Position::with(now_ms, &snap.window, snap.window_offset);
         let tag = live.generation & TAG_MASK;
         let client = (live.client != NO_CLIENT && snap.client_limited()).then_some(live.client);
         let tw = slot.traffic.load(Ordering::Acquire);
@@ -663,6 +659,7 @@ impl Limiter {
     /// Commits a message to the connection word (CAS loop, re-deciding on
     /// every retry). `Err` when the connection is over a limit; in dry-run
     /// mode `Ok` carries the would-be denial.
+    #[inline(always)]
     fn charge_conn(
         &self,
         slot: &crate::region::ConnSlot,
@@ -678,11 +675,15 @@ impl Limiter {
                 return Err(Decision::deny(Reason::UnknownConnection));
             }
             let rt = roll_traffic(&t, pos);
-            let checks = conn_checks(snap, rt, size);
-            let v = judge(&checks);
+            let (e, w) = (rt.msgs.elapsed_ms, snap.window.d);
+            // The common case, decided inline: both limits pass (or are off).
+            let m_ok = snap.messages_per_window == 0
+                || window::admits(rt.msgs.prev, rt.msgs.cur, 1, snap.messages_per_window, w, e);
+            let b_ok = snap.bytes_per_window == 0
+                || window::admits(rt.bytes.prev, rt.bytes.cur, size, snap.bytes_per_window, w, e);
             let mut dry = None;
-            if let Some(fail) = v.fail {
-                let d = denial(&fail, v.retry_after_ms);
+            if !(m_ok && b_ok) {
+                let d = conn_denial(snap, rt, size);
                 if !snap.dry_run() {
                     return Err(d);
                 }
@@ -708,7 +709,16 @@ impl Limiter {
                     if db != 0 {
                         add_saturating(&slot.acc_bytes, db);
                     }
-                    return Ok((allowance(&checks), dry));
+                    // The first enabled limit reports its budget.
+                    let mut d = Decision::allow();
+                    if snap.messages_per_window != 0 {
+                        d.limit = snap.messages_per_window;
+                        (d.current, d.remaining) = window::budget(rt.msgs.prev, mc, d.limit, &snap.window, e);
+                    } else if snap.bytes_per_window != 0 {
+                        d.limit = snap.bytes_per_window;
+                        (d.current, d.remaining) = window::budget(rt.bytes.prev, bc, d.limit, &snap.window, e);
+                    }
+                    return Ok((d, dry));
                 }
                 Err(cur) => tw = cur,
             }
@@ -788,7 +798,7 @@ impl Limiter {
             r.count((h >> 96) as usize, |s| &s.keys_allowed, 1);
             return Decision::allow();
         }
-        let pos = Position::at(now_ms, snap.window_ms, snap.window_offset);
+        let pos = Position::with(now_ms, &snap.window, snap.window_offset);
         for _ in 0..MAX_RELOOKUPS {
             let Ok(found) = table::find_or_insert(r, h, key, pos) else {
                 break;
@@ -916,6 +926,15 @@ enum Admit {
     Stale,
 }
 
+/// The denial for a connection word that failed (cold: built only on denial).
+#[cold]
+#[inline(never)]
+fn conn_denial(snap: &Snapshot, rt: RolledTraffic, size: u64) -> Decision {
+    let v = judge(&conn_checks(snap, rt, size));
+    let fail = v.fail.expect("a check failed");
+    denial(&fail, v.retry_after_ms)
+}
+
 fn conn_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
     [
         Check {
@@ -924,7 +943,7 @@ fn conn_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
             prev: rt.msgs.prev,
             cur: rt.msgs.cur,
             cost: 1,
-            window_ms: snap.window_ms,
+            window: snap.window,
             elapsed_ms: rt.msgs.elapsed_ms,
         },
         Check {
@@ -933,7 +952,7 @@ fn conn_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
             prev: rt.bytes.prev,
             cur: rt.bytes.cur,
             cost: size,
-            window_ms: snap.window_ms,
+            window: snap.window,
             elapsed_ms: rt.bytes.elapsed_ms,
         },
     ]
@@ -947,7 +966,7 @@ fn client_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
             prev: rt.msgs.prev,
             cur: rt.msgs.cur,
             cost: 1,
-            window_ms: snap.window_ms,
+            window: snap.window,
             elapsed_ms: rt.msgs.elapsed_ms,
         },
         Check {
@@ -956,7 +975,7 @@ fn client_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
             prev: rt.bytes.prev,
             cur: rt.bytes.cur,
             cost: size,
-            window_ms: snap.window_ms,
+            window: snap.window,
             elapsed_ms: rt.bytes.elapsed_ms,
         },
     ]

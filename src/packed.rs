@@ -57,7 +57,7 @@ pub(crate) struct Traffic {
 }
 
 impl Traffic {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn unpack(w: u128) -> Traffic {
         Traffic {
             tag: field(w, TAG_SHIFT, TAG_MASK),
@@ -70,7 +70,7 @@ impl Traffic {
     }
 
     /// Packs; every count must already be within its field (callers saturate).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pack(&self) -> u128 {
         debug_assert!(self.msgs_prev <= MSGS_MAX && self.msgs_cur <= MSGS_MAX);
         debug_assert!(self.bytes_prev <= BYTES_MAX && self.bytes_cur <= BYTES_MAX);
@@ -110,7 +110,7 @@ pub(crate) struct Conns {
 }
 
 impl Conns {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn unpack(w: u128) -> Conns {
         Conns {
             epoch: field(w, EPOCH_SHIFT, EPOCH_MASK),
@@ -121,7 +121,7 @@ impl Conns {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pack(&self) -> u128 {
         debug_assert!(self.prev <= CONN_MAX && self.cur <= CONN_MAX && self.active <= CONN_MAX);
         ((self.epoch & EPOCH_MASK) as u128) << EPOCH_SHIFT

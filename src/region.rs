@@ -75,6 +75,9 @@ pub(crate) struct Header {
 #[repr(C)]
 pub(crate) struct LimitSet {
     pub window_ms: AtomicU64,
+    /// `window::Divisor` of `window_ms`, so the hot path never divides.
+    pub window_magic: AtomicU64,
+    pub window_shift: AtomicU32,
     pub window_offset: AtomicU64,
     pub connections_per_window: AtomicU64,
     pub max_concurrent: AtomicU64,
@@ -255,6 +258,7 @@ pub(crate) fn layout_hash() -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Snapshot {
     pub window_ms: u64,
+    pub window: crate::window::Divisor,
     pub window_offset: u64,
     pub connections_per_window: u64,
     pub max_concurrent: u64,
@@ -283,14 +287,20 @@ impl Header {
     /// inactive set and then flip `limits_active`, so a read of the active
     /// set is whole unless a flip happened meanwhile; then it reads again.
     /// A writer that dies mid-update never tears or blocks a read.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn snapshot(&self) -> Snapshot {
         // Acquire: the set's fields were written before the flip we read.
         let mut a = self.limits_active.load(Ordering::Acquire);
         loop {
             let set = &self.limits[(a & 1) as usize];
+            let window_ms = set.window_ms.load(Ordering::Relaxed);
             let snap = Snapshot {
-                window_ms: set.window_ms.load(Ordering::Relaxed),
+                window_ms,
+                window: crate::window::Divisor {
+                    d: window_ms,
+                    magic: set.window_magic.load(Ordering::Relaxed),
+                    shift: set.window_shift.load(Ordering::Relaxed),
+                },
                 window_offset: set.window_offset.load(Ordering::Relaxed),
                 connections_per_window: set.connections_per_window.load(Ordering::Relaxed),
                 max_concurrent: set.max_concurrent.load(Ordering::Relaxed),
@@ -351,6 +361,9 @@ impl Header {
         };
         set.window_offset.store(offset, Ordering::Relaxed);
         set.window_ms.store(new_w, Ordering::Relaxed);
+        let div = crate::window::Divisor::new(new_w);
+        set.window_magic.store(div.magic, Ordering::Relaxed);
+        set.window_shift.store(div.shift, Ordering::Relaxed);
         set.connections_per_window.store(l.connections_per_window as u64, Ordering::Relaxed);
         set.max_concurrent.store(l.max_concurrent_connections as u64, Ordering::Relaxed);
         set.messages_per_window.store(l.messages_per_window as u64, Ordering::Relaxed);
@@ -577,8 +590,9 @@ impl Region {
         if len < layout.total {
             return Err(Error::RegionTooSmall { needed: layout.total, given: len });
         }
-        let w = h.snapshot().window_ms;
-        if w == 0 || w > u32::MAX as u64 {
+        let snap = h.snapshot();
+        let w = snap.window_ms;
+        if w == 0 || w > u32::MAX as u64 || snap.window != crate::window::Divisor::new(w) {
             return Err(Error::IncompatibleRegion("corrupt window length".into()));
         }
         Ok(Region { base: core::ptr::NonNull::new(base).ok_or(Error::InvalidArgument("memory is NULL"))?, layout })
@@ -648,7 +662,7 @@ impl Region {
         return &self.parts.clients[i as usize];
     }
 
-    #[inline]
+    #[inline(always)]
     pub(crate) fn conn(&self, i: u32) -> &ConnSlot {
         assert!(i < self.layout.max_connections);
         #[cfg(not(loom))]
@@ -715,6 +729,8 @@ impl LimitSet {
         let z = || AtomicU64::new(0);
         LimitSet {
             window_ms: z(),
+            window_magic: z(),
+            window_shift: AtomicU32::new(0),
             window_offset: z(),
             connections_per_window: z(),
             max_concurrent: z(),

@@ -24,6 +24,46 @@ const ID_MASK: u64 = (1u64 << ID_BITS) - 1;
 /// state is taken as expired. 2^30 windows is 12 days at W = 1 ms.
 const BACKWARDS_WINDOWS: u64 = 1 << 30;
 
+/// Division by the window length without a divide instruction: the
+/// round-down method of Granlund and Montgomery ("Division by invariant
+/// integers using multiplication", 1994, fig. 4.1), exact for every u64
+/// numerator. The magic and shift are computed once when limits are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Divisor {
+    pub d: u64,
+    pub magic: u64,
+    pub shift: u32,
+}
+
+impl Divisor {
+    pub(crate) fn new(d: u64) -> Divisor {
+        assert!(d > 0, "division by zero");
+        if d == 1 {
+            return Divisor { d, magic: 0, shift: 0 };
+        }
+        // l = ceil(log2 d); magic = floor(2^64 * (2^l - d) / d) + 1 < 2^64.
+        let l = 64 - (d - 1).leading_zeros();
+        let magic = (((1u128 << 64) * ((1u128 << l) - d as u128)) / d as u128 + 1) as u64;
+        Divisor { d, magic, shift: l - 1 }
+    }
+
+    #[inline(always)]
+    pub(crate) fn div(&self, n: u64) -> u64 {
+        if self.d == 1 {
+            return n;
+        }
+        let t = ((self.magic as u128 * n as u128) >> 64) as u64;
+        (t + ((n - t) >> 1)) >> self.shift
+    }
+
+    /// (n / d, n % d).
+    #[inline(always)]
+    pub(crate) fn div_rem(&self, n: u64) -> (u64, u64) {
+        let q = self.div(n);
+        (q, n - q * self.d)
+    }
+}
+
 /// Where a point in time falls: the window id and the elapsed ms in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Position {
@@ -35,9 +75,16 @@ pub(crate) struct Position {
 }
 
 impl Position {
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn at(now_ms: u64, window_ms: u64, offset: u64) -> Position {
-        Position { id: (now_ms / window_ms).wrapping_add(offset) & ID_MASK, elapsed_ms: now_ms % window_ms, window_ms }
+        Position::with(now_ms, &Divisor::new(window_ms), offset)
+    }
+
+    /// Where `now_ms` falls, with the window's precomputed divisor.
+    #[inline(always)]
+    pub(crate) fn with(now_ms: u64, w: &Divisor, offset: u64) -> Position {
+        let (q, r) = w.div_rem(now_ms);
+        Position { id: q.wrapping_add(offset) & ID_MASK, elapsed_ms: r, window_ms: w.d }
     }
 }
 
@@ -58,7 +105,7 @@ pub(crate) enum Step {
 
 /// Compares a stored window id with the position. `empty` (no counts at
 /// all) always adopts the current window.
-#[inline]
+#[inline(always)]
 pub(crate) fn step(stored_id: u64, pos: Position, empty: bool) -> Step {
     if empty {
         return Step::Expired;
@@ -84,7 +131,7 @@ pub(crate) struct Rolled {
 }
 
 /// Applies a [`Step`] to one `(prev, cur)` pair.
-#[inline]
+#[inline(always)]
 pub(crate) fn apply(step: Step, stored_id: u64, prev: u64, cur: u64, pos: Position) -> Rolled {
     match step {
         Step::Same => Rolled { id: pos.id, prev, cur, elapsed_ms: pos.elapsed_ms, dropped: 0 },
@@ -107,7 +154,7 @@ const FAST_COUNT: u64 = 1 << 30;
 const FAST_WINDOW: u64 = 1 << 32;
 
 /// Whether a request of cost `k` passes under `limit`.
-#[inline]
+#[inline(always)]
 pub(crate) fn admits(prev: u64, cur: u64, k: u64, limit: u64, window_ms: u64, elapsed_ms: u64) -> bool {
     if k > limit {
         return false;
@@ -123,7 +170,7 @@ pub(crate) fn admits(prev: u64, cur: u64, k: u64, limit: u64, window_ms: u64, el
 }
 
 /// The previous window's weight `prev * (W - e) / W`, as (floor, ceil).
-#[inline]
+#[inline(always)]
 fn weight(prev: u64, window_ms: u64, elapsed_ms: u64) -> (u64, u64) {
     if prev == 0 || elapsed_ms == 0 {
         return (prev, prev);
@@ -156,6 +203,18 @@ pub(crate) fn remaining(prev: u64, cur: u64, limit: u64, window_ms: u64, elapsed
 pub(crate) fn estimate_and_remaining(prev: u64, cur: u64, limit: u64, window_ms: u64, elapsed_ms: u64) -> (u64, u64) {
     let (lo, hi) = weight(prev, window_ms, elapsed_ms);
     (lo.saturating_add(cur), limit.saturating_sub(cur).saturating_sub(hi))
+}
+
+/// [`estimate_and_remaining`] with the window's divisor: no divide instruction.
+#[inline(always)]
+pub(crate) fn budget(prev: u64, cur: u64, limit: u64, w: &Divisor, elapsed_ms: u64) -> (u64, u64) {
+    if prev == 0 || elapsed_ms == 0 || prev >= FAST_WINDOW {
+        return estimate_and_remaining(prev, cur, limit, w.d, elapsed_ms);
+    }
+    // prev < 2^32 and W - e < 2^32: the product fits in u64.
+    let (q, r) = w.div_rem(prev * (w.d - elapsed_ms));
+    let hi = q + (r != 0) as u64;
+    (q.saturating_add(cur), limit.saturating_sub(cur).saturating_sub(hi))
 }
 
 /// The smallest whole number of ms after which the same request passes,
@@ -226,6 +285,32 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn divisor_matches_division() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut ds: Vec<u64> = (1..=1100).collect();
+        ds.extend([60_000, 86_400_000, (1 << 31) - 1, 1 << 31, u32::MAX as u64, (1 << 40) + 7, u64::MAX / 3, u64::MAX]);
+        for _ in 0..200 {
+            ds.push(next() >> (next() % 64));
+        }
+        for &d in ds.iter().filter(|d| **d > 0) {
+            let div = Divisor::new(d);
+            let mut ns = vec![0, 1, d - 1, d, d.wrapping_add(1), u64::MAX, u64::MAX - 1, u64::MAX / d * d];
+            for _ in 0..200 {
+                ns.push(next() >> (next() % 64));
+            }
+            for n in ns {
+                assert_eq!(div.div_rem(n), (n / d, n % d), "{n} / {d}");
             }
         }
     }
