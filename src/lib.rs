@@ -66,6 +66,11 @@ pub use limits::{
 pub use stats::{ConnectionInfo, Stats};
 pub use window::RETRY_NEVER;
 
+/// The README's Rust examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The crate version (`rt_version`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
