@@ -49,6 +49,7 @@ mod events;
 pub mod ffi;
 mod limiter;
 mod limits;
+mod memory;
 mod packed;
 mod region;
 mod stats;

@@ -16,6 +16,7 @@ use crate::decision::{Decision, Reason};
 use crate::error::Error;
 use crate::events::{self, Callbacks, Violation, ViolationCallback};
 use crate::limits::Limits;
+use crate::memory::Owned;
 use crate::packed::{Conns, Traffic, BYTES_MAX, CONN_MAX, MSGS_MAX, TAG_MASK};
 use crate::region::{Region, Snapshot, LANES};
 use crate::stats::{self, ConnectionInfo, Stats};
@@ -46,12 +47,10 @@ impl Conn {
     }
 }
 
+/// Who frees the region's memory: held only for its `Drop`.
+#[allow(dead_code)]
 enum Memory {
-    #[cfg_attr(loom, allow(dead_code))]
-    Heap {
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-    },
+    Owned(Owned),
     Borrowed,
 }
 
@@ -75,7 +74,7 @@ enum Memory {
 /// ```
 pub struct Limiter {
     region: Region,
-    memory: Memory,
+    _memory: Memory,
     callbacks: Callbacks,
 }
 
@@ -83,36 +82,6 @@ pub struct Limiter {
 unsafe impl Send for Limiter {}
 // SAFETY: as above; callbacks are Send + Sync.
 unsafe impl Sync for Limiter {}
-
-impl Drop for Limiter {
-    fn drop(&mut self) {
-        if let Memory::Heap { ptr, layout } = self.memory {
-            // SAFETY: allocated in `new` with this layout; freed exactly once.
-            unsafe { std::alloc::dealloc(ptr, layout) };
-        }
-    }
-}
-
-/// Asks for transparent huge pages over a large heap region: random lookups
-/// over hundreds of MiB otherwise spend most of their time in TLB misses.
-/// Advice only: ignored where THP is off.
-#[cfg(not(any(loom, miri)))]
-fn advise_huge_pages(ptr: *mut u8, size: usize) {
-    const HUGE: usize = 2 << 20;
-    if size < 2 * HUGE {
-        return;
-    }
-    let start = (ptr as usize).next_multiple_of(HUGE);
-    let end = (ptr as usize + size) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: [start, end) lies inside our own allocation; MADV_HUGEPAGE
-        // changes no contents.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
-#[cfg(any(loom, miri))]
-fn advise_huge_pages(_ptr: *mut u8, _size: usize) {}
 
 /// One windowed check: a limit, a window pair rolled to now, and a cost.
 #[derive(Clone, Copy)]
@@ -185,7 +154,6 @@ struct RolledTraffic {
 }
 
 #[inline(always)]
-
 fn roll_traffic(t: &Traffic, pos: Position) -> RolledTraffic {
     let empty = t.msgs_prev | t.msgs_cur | t.bytes_prev | t.bytes_cur == 0;
     let s = step(t.id, pos, empty);
@@ -226,7 +194,7 @@ struct Charge {
 
 impl Limiter {
     fn from_region(region: Region, memory: Memory) -> Limiter {
-        Limiter { region, memory, callbacks: Callbacks::new() }
+        Limiter { region, _memory: memory, callbacks: Callbacks::new() }
     }
 
     /// A limiter whose region lives on the heap, owned by it.
@@ -238,24 +206,11 @@ impl Limiter {
         #[cfg(not(loom))]
         {
             let size = Region::size_for(limits)?;
-            let layout = std::alloc::Layout::from_size_align(size, crate::region::ALIGN)
-                .map_err(|_| Error::InvalidArgument("region size overflows"))?;
-            // SAFETY: layout has a non-zero size (a header at least).
-            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-            if ptr.is_null() {
-                return Err(Error::OutOfMemory);
-            }
-            advise_huge_pages(ptr, size);
-            // SAFETY: ptr is a fresh, aligned allocation of `size` bytes that
-            // lives until Drop.
-            match unsafe { Region::init(ptr, size, limits) } {
-                Ok(region) => Ok(Limiter::from_region(region, Memory::Heap { ptr, layout })),
-                Err(e) => {
-                    // SAFETY: allocated just above with this layout.
-                    unsafe { std::alloc::dealloc(ptr, layout) };
-                    Err(e)
-                }
-            }
+            let mem = Owned::new(size, crate::region::ALIGN)?;
+            // SAFETY: the memory is ours, aligned, `size` bytes, and lives as
+            // long as the limiter (the region field is dropped before it).
+            let region = unsafe { Region::init(mem.ptr(), size, limits)? };
+            Ok(Limiter::from_region(region, Memory::Owned(mem)))
         }
     }
 
