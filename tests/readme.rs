@@ -13,8 +13,14 @@ fn readme_quickstart_is_the_tested_file() {
 fn readme_sizing_table_matches_region_size() {
     use ratethrottle::{Limiter, Limits};
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    for (clients, conns, label) in [(1024u32, 1024u32, "1024 | 1024"), (65536, 65536, "65536 (default) | 65536 (default)"), (1 << 20, 65536, "1048576 | 65536"), (1 << 20, 1 << 20, "1048576 | 1048576")] {
-        let size = Limiter::region_size(&Limits { max_clients: clients, max_connections: conns, ..Limits::default() }).unwrap();
+    for (clients, conns, label) in [
+        (1024u32, 1024u32, "1024 | 1024"),
+        (65536, 65536, "65536 (default) | 65536 (default)"),
+        (1 << 20, 65536, "1048576 | 65536"),
+        (1 << 20, 1 << 20, "1048576 | 1048576"),
+    ] {
+        let size = Limiter::region_size(&Limits { max_clients: clients, max_connections: conns, ..Limits::default() })
+            .unwrap();
         let row = format!("| {label} | {:.1} MiB |", size as f64 / 1048576.0);
         assert!(readme.contains(&row), "README.md sizing table lacks `{row}`");
     }
