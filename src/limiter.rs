@@ -184,12 +184,13 @@ fn add_saturating(total: &crate::sync::AtomicU64, n: u64) {
     }
 }
 
-/// What a charge changed, so it can be refunded.
+/// What a charge changed, so it can be refunded, and the allowed decision.
 #[derive(Clone, Copy)]
 struct Charge {
     id: u64,
     msgs: u64,
     bytes: u64,
+    decision: Decision,
 }
 
 impl Limiter {
@@ -723,7 +724,17 @@ impl Limiter {
             // AcqRel: decides and counts the client's windows in one step.
             match word.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    let charge = Charge { id: rt.msgs.id, msgs: mc - rt.msgs.cur, bytes: bc - rt.bytes.cur };
+                    let mut decision = Decision::allow();
+                    if snap.client_messages != 0 {
+                        decision.limit = snap.client_messages;
+                        (decision.current, decision.remaining) =
+                            window::budget(rt.msgs.prev, mc, decision.limit, &snap.window, rt.msgs.elapsed_ms);
+                    } else if snap.client_bytes != 0 {
+                        decision.limit = snap.client_bytes;
+                        (decision.current, decision.remaining) =
+                            window::budget(rt.bytes.prev, bc, decision.limit, &snap.window, rt.bytes.elapsed_ms);
+                    }
+                    let charge = Charge { id: rt.msgs.id, msgs: mc - rt.msgs.cur, bytes: bc - rt.bytes.cur, decision };
                     return Ok((charge, dry));
                 }
                 Err(cur) => tw = cur,
@@ -760,15 +771,14 @@ impl Limiter {
             };
             let stripe = found.index as usize;
             match self.charge_client(found.index, found.epoch, &snap, pos, size) {
-                Ok((_, dry)) => {
+                Ok((charge, dry)) => {
                     r.count(stripe, |s| &s.keys_allowed, 1);
-                    let t = Traffic::unpack(r.client(found.index).traffic.load(Ordering::Relaxed));
                     return match dry {
                         Some(mut d) => {
                             d.allowed = true;
                             self.report(d, stripe, key, 0, size, now_ms)
                         }
-                        None => allowance(&client_checks(&snap, roll_traffic(&t, pos), 0)),
+                        None => charge.decision,
                     };
                 }
                 Err(d) if d.reason == Reason::TableFull => continue,

@@ -78,22 +78,54 @@ fn tag_of(h: u128) -> u8 {
     (h >> 112) as u8 | 0x80
 }
 
-/// The slots a client may occupy, nearest to either home first.
-#[inline]
-fn probe_slots(region: &Region, h: u128) -> impl Iterator<Item = u32> {
-    let l = region.layout;
-    let shard = shard_of(region, h);
-    let len = l.shard_len as u64;
-    let home1 = ((h >> 64) as u64 % len) as u32;
-    let mut home2 = ((h >> 32) as u32 as u64 % len) as u32;
-    if home2 == home1 && len > l.probe() as u64 {
-        // Two different windows (when the shard has room for them).
-        home2 = (home1 + l.probe()) % l.shard_len;
+/// The slots a client may occupy: two windows of `probe` slots from its
+/// two homes, visited nearest-first, alternating between the homes.
+#[derive(Clone, Copy)]
+struct Probe {
+    base: u32,
+    len: u32,
+    homes: [u32; 2],
+    n_homes: u32,
+    probe: u32,
+}
+
+impl Probe {
+    #[inline(always)]
+    fn new(region: &Region, h: u128) -> Probe {
+        let l = region.layout;
+        let len = l.shard_len;
+        let home1 = ((h >> 64) as u64 % len as u64) as u32;
+        let mut home2 = ((h >> 32) as u32) % len;
+        if home2 == home1 && len > l.probe() {
+            // Two different windows (when the shard has room for them).
+            home2 = (home1 + l.probe()) % len;
+        }
+        Probe {
+            base: shard_of(region, h) * len,
+            len,
+            homes: [home1, home2],
+            n_homes: if home2 == home1 { 1 } else { 2 },
+            probe: l.probe(),
+        }
     }
-    let base = shard * l.shard_len;
-    let homes = if home2 == home1 { 1 } else { 2 };
-    (0..l.probe())
-        .flat_map(move |d| [home1, home2].into_iter().take(homes).map(move |home| base + (home + d) % l.shard_len))
+
+    /// The i-th slot to visit, for i in `0..self.count()`.
+    #[inline(always)]
+    fn slot(&self, i: u32) -> u32 {
+        let (d, which) = (i / self.n_homes, i % self.n_homes);
+        let at = self.homes[which as usize] + d;
+        self.base + if at >= self.len { at - self.len } else { at }
+    }
+
+    #[inline(always)]
+    fn count(&self) -> u32 {
+        self.probe * self.n_homes
+    }
+}
+
+fn probe_slots(region: &Region, h: u128) -> impl Iterator<Item = u32> {
+    let p = Probe::new(region, h);
+    (0..p.count()).map(move |i| p.slot(i))
 }
 
 /// Finds a client without inserting it. Lock-free. May miss a client whose
@@ -102,7 +134,9 @@ fn probe_slots(region: &Region, h: u128) -> impl Iterator<Item = u32> {
 #[inline]
 pub(crate) fn find(region: &Region, h: u128) -> Option<Found> {
     let tag = tag_of(h);
-    for i in probe_slots(region, h) {
+    let p = Probe::new(region, h);
+    for k in 0..p.count() {
+        let i = p.slot(k);
         if region.tag(i).load(Ordering::Relaxed) != tag {
             continue;
         }
