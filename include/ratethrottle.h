@@ -679,6 +679,18 @@ rt_status rt_limiter_attach(void *mem, size_t len, struct rt_limiter **out);
 rt_status rt_limiter_update_limits(struct rt_limiter *lim, const struct rt_limits *l);
 
 /**
+ * `rt_limiter_update_limits` with the caller's clock, for hosts that pass
+ * their own `now_ms` to the `_at` checks: a changed `window_ms` places the
+ * new windows at `now_ms` of that clock. Same statuses and rules.
+ *
+ * # Safety
+ * As for `rt_limiter_update_limits`.
+ */
+rt_status rt_limiter_update_limits_at(struct rt_limiter *lim,
+                                      const struct rt_limits *l,
+                                      uint64_t now_ms);
+
+/**
  * Frees the connections whose owning process no longer exists (a crashed
  * worker sharing the region) and returns how many. Hosts call it when a
  * worker starts. O(max_connections). Returns 0 when `lim` is NULL or not a
@@ -762,6 +774,17 @@ void rt_disconnect(struct rt_limiter *lim, rt_conn conn);
  * for `len` bytes.
  */
 struct rt_decision rt_check_connection(struct rt_limiter *lim, const uint8_t *client, size_t len);
+
+/**
+ * `rt_check_connection` with the caller's clock (see `rt_connect_at`).
+ *
+ * # Safety
+ * As for `rt_check_connection`.
+ */
+struct rt_decision rt_check_connection_at(struct rt_limiter *lim,
+                                          const uint8_t *client,
+                                          size_t len,
+                                          uint64_t now_ms);
 
 /**
  * The seed's `register_connection`: counts a connection of `client`

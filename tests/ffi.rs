@@ -634,3 +634,35 @@ fn ranges_in_the_rt_limits_doc_are_the_engines() {
     assert_eq!(ratethrottle::MAX_CONNECTIONS_PER_WINDOW, 16_777_215, "{doc}");
     assert_eq!(ratethrottle::MAX_CAPACITY, 8_388_608, "{doc}");
 }
+
+/// The `_at` forms of check_connection and update_limits use the caller's clock.
+#[test]
+fn caller_clock_forms() {
+    let mut l = small();
+    l.window_ms = 1000;
+    l.connections_per_window = 1;
+    l.max_concurrent_connections = 0;
+    let lim = new_limiter(&l);
+    let ip = b"198.51.100.1";
+    let mut conn: rt_conn = 0;
+    // SAFETY: a live limiter, a readable id, a writable out-param.
+    let d = unsafe { rt_connect_at(lim, ip.as_ptr(), ip.len(), 5_000, &mut conn) };
+    assert!(d.allowed);
+    // SAFETY: as above.
+    let d = unsafe { rt_check_connection_at(lim, ip.as_ptr(), ip.len(), 5_100) };
+    assert_eq!((d.allowed, d.reason, d.retry_after_ms), (false, Reason::ConnectionRate as u32, 1_900));
+    // SAFETY: as above; NULL id with a length is refused.
+    let d = unsafe { rt_check_connection_at(lim, null(), 3, 5_100) };
+    assert_eq!(d.reason, Reason::InvalidArgument as u32);
+    // A new window length placed at the caller's clock starts windows afresh.
+    l.window_ms = 500;
+    // SAFETY: a live limiter and valid limits.
+    assert_eq!(unsafe { rt_limiter_update_limits_at(lim, &l, 5_100) }, RT_STATUS_OK);
+    // SAFETY: as above.
+    let d = unsafe { rt_check_connection_at(lim, ip.as_ptr(), ip.len(), 5_100) };
+    assert!(d.allowed, "{:?}", d.reason);
+    // SAFETY: NULL limits.
+    assert_eq!(unsafe { rt_limiter_update_limits_at(lim, null(), 0) }, RT_STATUS_NULL_ARGUMENT);
+    // SAFETY: freed once.
+    unsafe { rt_limiter_free(lim) };
+}

@@ -145,6 +145,29 @@ pub unsafe extern "C" fn rt_check_connection(lim: *mut rt_limiter, client: *cons
     )
 }
 
+/// `rt_check_connection` with the caller's clock (see `rt_connect_at`).
+///
+/// # Safety
+/// As for `rt_check_connection`.
+#[no_mangle]
+pub unsafe extern "C" fn rt_check_connection_at(
+    lim: *mut rt_limiter,
+    client: *const u8,
+    len: usize,
+    now_ms: u64,
+) -> rt_decision {
+    boundary(
+        || rt_decision::deny(RT_INVALID_ARGUMENT),
+        || {
+            // SAFETY: per the caller.
+            match (unsafe { limiter(lim) }, unsafe { id(client, len) }) {
+                (Some(inner), Some(client)) => inner.check_connection_at(client, now_ms).into(),
+                _ => rt_decision::deny(RT_INVALID_ARGUMENT),
+            }
+        },
+    )
+}
+
 /// The seed's `register_connection`: counts a connection of `client`
 /// without checking the limits (call `rt_check_connection` first; racy by
 /// design, prefer `rt_connect`). On `RT_STATUS_OK`, `*out_conn` is the new

@@ -255,6 +255,30 @@ pub unsafe extern "C" fn rt_limiter_update_limits(lim: *mut rt_limiter, l: *cons
     })
 }
 
+/// `rt_limiter_update_limits` with the caller's clock, for hosts that pass
+/// their own `now_ms` to the `_at` checks: a changed `window_ms` places the
+/// new windows at `now_ms` of that clock. Same statuses and rules.
+///
+/// # Safety
+/// As for `rt_limiter_update_limits`.
+#[no_mangle]
+pub unsafe extern "C" fn rt_limiter_update_limits_at(
+    lim: *mut rt_limiter,
+    l: *const rt_limits,
+    now_ms: u64,
+) -> rt_status {
+    status_boundary(|| {
+        // SAFETY: per the caller.
+        let inner = unsafe { limiter(lim) }.ok_or_else(|| handle_status(lim))?;
+        if l.is_null() {
+            return Err(RT_STATUS_NULL_ARGUMENT);
+        }
+        // SAFETY: forwarded from the caller.
+        let limits = unsafe { read_limits(l) }.map_err(|r| r.status)?;
+        inner.update_limits_at(&limits, now_ms).map_err(|e| status_of(&e))
+    })
+}
+
 /// Frees the connections whose owning process no longer exists (a crashed
 /// worker sharing the region) and returns how many. Hosts call it when a
 /// worker starts. O(max_connections). Returns 0 when `lim` is NULL or not a

@@ -42,9 +42,19 @@ static void connection_rate(void) {
   CHECK_DECISION(rt_connect_at(lim, ID("b"), 20, &c), true, RT_OK, 0);
   /* The seed's check_connection reads the real clock: only its reason. */
   CHECK_EQ(rt_check_connection(lim, ID("fresh")).reason, RT_OK);
+  /* Its _at form takes our clock and decides as rt_connect_at does: at
+   * t=1500, 2*(1000-500) + (1+1)*1000 > 2*1000, denied with the same wait. */
+  d = rt_check_connection_at(lim, ID("a"), 1500);
+  CHECK_DECISION(d, false, RT_CONNECTION_RATE, rt_connect_at(lim, ID("a"), 1500, &c).retry_after_ms);
   rt_stats s = t_stats(lim);
-  CHECK_EQ(s.denied[RT_CONNECTION_RATE], 2);
+  CHECK_EQ(s.denied[RT_CONNECTION_RATE], 4);
   CHECK_EQ(s.connections_allowed, 4);
+  /* update_limits_at: a new window length placed at the caller's clock
+   * starts every window afresh, so "a" may connect again at once. */
+  rt_limits nl = l;
+  nl.window_ms = 500;
+  CHECK_EQ(rt_limiter_update_limits_at(lim, &nl, 1500), RT_STATUS_OK);
+  CHECK_DECISION(rt_check_connection_at(lim, ID("a"), 1500), true, RT_OK, 0);
   rt_limiter_free(lim);
 
   /* With W = 1000 and L = 1: retry at the end of the next window. */
