@@ -573,7 +573,7 @@ impl Limiter {
             if t.tag != tag {
                 return Decision::deny(Reason::UnknownConnection);
             }
-            let v = judge(&conn_checks(&snap, roll_traffic(&t, pos), size));
+            let v = judge(&Pair::conn(&snap).checks(&snap, roll_traffic(&t, pos), size));
             if let Some(fail) = v.fail {
                 let retry = v.retry_after_ms.max(self.client_retry(ci, &snap, pos, size));
                 let d = denial(&fail, retry);
@@ -612,9 +612,8 @@ impl Limiter {
         }
     }
 
-    /// Commits a message to the connection word (CAS loop, re-deciding on
-    /// every retry). `Err` when the connection is over a limit; in dry-run
-    /// mode `Ok` carries the would-be denial.
+    /// Commits a message to the connection word. `Err` when the connection
+    /// is over a limit; in dry-run mode `Ok` carries the would-be denial.
     #[inline(always)]
     fn charge_conn(
         &self,
@@ -623,66 +622,19 @@ impl Limiter {
         snap: &Snapshot,
         pos: Position,
         size: u64,
-        mut tw: u128,
+        tw: u128,
     ) -> Result<(Decision, Option<Decision>), Decision> {
-        loop {
-            let t = Traffic::unpack(tw);
-            if t.tag != tag {
-                return Err(Decision::deny(Reason::UnknownConnection));
-            }
-            let rt = roll_traffic(&t, pos);
-            let (e, w) = (rt.msgs.elapsed_ms, snap.window.d);
-            // The common case, decided inline: both limits pass (or are off).
-            let m_ok = snap.messages_per_window == 0
-                || window::admits(rt.msgs.prev, rt.msgs.cur, 1, snap.messages_per_window, w, e);
-            let b_ok = snap.bytes_per_window == 0
-                || window::admits(rt.bytes.prev, rt.bytes.cur, size, snap.bytes_per_window, w, e);
-            let mut dry = None;
-            if !(m_ok && b_ok) {
-                let d = conn_denial(snap, rt, size);
-                if !snap.dry_run() {
-                    return Err(d);
-                }
-                dry = Some(d);
-            }
-            let (mc, mo) = saturate(rt.msgs.cur, 1, MSGS_MAX);
-            let (bc, bo) = saturate(rt.bytes.cur, size, BYTES_MAX);
-            let new = Traffic {
-                tag,
-                id: rt.msgs.id,
-                msgs_prev: rt.msgs.prev,
-                msgs_cur: mc,
-                bytes_prev: rt.bytes.prev,
-                bytes_cur: bc,
-            };
-            // AcqRel: one CAS decides message rate and bandwidth together.
-            match slot.traffic.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    let (dm, db) = (rt.msgs.dropped + mo, rt.bytes.dropped.saturating_add(bo));
-                    if dm != 0 {
-                        add_saturating(&slot.acc_messages, dm);
-                    }
-                    if db != 0 {
-                        add_saturating(&slot.acc_bytes, db);
-                    }
-                    // The first enabled limit reports its budget.
-                    let mut d = Decision::allow();
-                    if snap.messages_per_window != 0 {
-                        d.limit = snap.messages_per_window;
-                        (d.current, d.remaining) = window::budget(rt.msgs.prev, mc, d.limit, &snap.window, e);
-                    } else if snap.bytes_per_window != 0 {
-                        d.limit = snap.bytes_per_window;
-                        (d.current, d.remaining) = window::budget(rt.bytes.prev, bc, d.limit, &snap.window, e);
-                    }
-                    return Ok((d, dry));
-                }
-                Err(cur) => tw = cur,
-            }
-        }
+        let c = charge_word(&slot.traffic, tw, tag, Pair::conn(snap), snap, pos, size, Reason::UnknownConnection)?;
+        // Lifetime totals: what left the windows, and what overflowed a field.
+        add_saturating(&slot.acc_messages, c.spilled_msgs);
+        add_saturating(&slot.acc_bytes, c.spilled_bytes);
+        Ok((c.decision, c.dry))
     }
 
     /// Commits one message of `size` to a client or key word. `Ok` carries
-    /// the charge and, in dry-run mode, the would-be denial.
+    /// the charge and, in dry-run mode, the would-be denial; `Err` with
+    /// `TableFull` when the slot was reclaimed meanwhile (keys only: the
+    /// caller looks again).
     fn charge_client(
         &self,
         index: u32,
@@ -692,60 +644,15 @@ impl Limiter {
         size: u64,
     ) -> Result<(Charge, Option<Decision>), Decision> {
         let word = &self.region.client(index).traffic;
-        let tag = epoch & TAG_MASK;
-        let mut tw = word.load(Ordering::Acquire);
-        loop {
-            let t = Traffic::unpack(tw);
-            if t.tag != tag {
-                // The slot was reclaimed (keys only): the caller looks again.
-                return Err(Decision::deny(Reason::TableFull));
-            }
-            let rt = roll_traffic(&t, pos);
-            let checks = client_checks(snap, rt, size);
-            let v = judge(&checks);
-            let mut dry = None;
-            if let Some(fail) = v.fail {
-                let d = denial(&fail, v.retry_after_ms);
-                if !snap.dry_run() {
-                    return Err(d);
-                }
-                dry = Some(d);
-            }
-            let (mc, _) = saturate(rt.msgs.cur, 1, MSGS_MAX);
-            let (bc, _) = saturate(rt.bytes.cur, size, BYTES_MAX);
-            let new = Traffic {
-                tag,
-                id: rt.msgs.id,
-                msgs_prev: rt.msgs.prev,
-                msgs_cur: mc,
-                bytes_prev: rt.bytes.prev,
-                bytes_cur: bc,
-            };
-            // AcqRel: decides and counts the client's windows in one step.
-            match word.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    let mut decision = Decision::allow();
-                    if snap.client_messages != 0 {
-                        decision.limit = snap.client_messages;
-                        (decision.current, decision.remaining) =
-                            window::budget(rt.msgs.prev, mc, decision.limit, &snap.window, rt.msgs.elapsed_ms);
-                    } else if snap.client_bytes != 0 {
-                        decision.limit = snap.client_bytes;
-                        (decision.current, decision.remaining) =
-                            window::budget(rt.bytes.prev, bc, decision.limit, &snap.window, rt.bytes.elapsed_ms);
-                    }
-                    let charge = Charge { id: rt.msgs.id, msgs: mc - rt.msgs.cur, bytes: bc - rt.bytes.cur, decision };
-                    return Ok((charge, dry));
-                }
-                Err(cur) => tw = cur,
-            }
-        }
+        let tw = word.load(Ordering::Acquire);
+        let c = charge_word(word, tw, epoch & TAG_MASK, Pair::client(snap), snap, pos, size, Reason::TableFull)?;
+        Ok((Charge { id: c.id, msgs: c.msgs, bytes: c.bytes, decision: c.decision }, c.dry))
     }
 
     /// The wait until a client's windows would take this message.
     fn client_retry(&self, index: u32, snap: &Snapshot, pos: Position, size: u64) -> u64 {
         let t = Traffic::unpack(self.region.client(index).traffic.load(Ordering::Acquire));
-        judge(&client_checks(snap, roll_traffic(&t, pos), size)).retry_after_ms
+        judge(&Pair::client(snap).checks(snap, roll_traffic(&t, pos), size)).retry_after_ms
     }
 
     /// Checks one message of `size` bytes against a key's (room's, channel's,
@@ -891,59 +798,154 @@ enum Admit {
     Stale,
 }
 
-/// The denial for a connection word that failed (cold: built only on denial).
-#[cold]
-#[inline(never)]
-fn conn_denial(snap: &Snapshot, rt: RolledTraffic, size: u64) -> Decision {
-    let v = judge(&conn_checks(snap, rt, size));
-    let fail = v.fail.expect("a check failed");
-    denial(&fail, v.retry_after_ms)
+/// The two limits of one traffic word: a connection's, or a client's / key's.
+#[derive(Clone, Copy)]
+struct Pair {
+    messages: u64,
+    bytes: u64,
+    message_reason: Reason,
+    byte_reason: Reason,
 }
 
-fn conn_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
-    [
-        Check {
-            reason: Reason::MessageRate,
-            limit: snap.messages_per_window,
-            prev: rt.msgs.prev,
-            cur: rt.msgs.cur,
-            cost: 1,
-            window: snap.window,
-            elapsed_ms: rt.msgs.elapsed_ms,
-        },
-        Check {
-            reason: Reason::Bandwidth,
-            limit: snap.bytes_per_window,
-            prev: rt.bytes.prev,
-            cur: rt.bytes.cur,
-            cost: size,
-            window: snap.window,
-            elapsed_ms: rt.bytes.elapsed_ms,
-        },
-    ]
+impl Pair {
+    #[inline(always)]
+    fn conn(snap: &Snapshot) -> Pair {
+        Pair {
+            messages: snap.messages_per_window,
+            bytes: snap.bytes_per_window,
+            message_reason: Reason::MessageRate,
+            byte_reason: Reason::Bandwidth,
+        }
+    }
+
+    #[inline(always)]
+    fn client(snap: &Snapshot) -> Pair {
+        Pair {
+            messages: snap.client_messages,
+            bytes: snap.client_bytes,
+            message_reason: Reason::ClientMessageRate,
+            byte_reason: Reason::ClientBandwidth,
+        }
+    }
+
+    /// Both checks, for a message of `size` bytes, in check order.
+    fn checks(&self, snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
+        [
+            Check {
+                reason: self.message_reason,
+                limit: self.messages,
+                prev: rt.msgs.prev,
+                cur: rt.msgs.cur,
+                cost: 1,
+                window: snap.window,
+                elapsed_ms: rt.msgs.elapsed_ms,
+            },
+            Check {
+                reason: self.byte_reason,
+                limit: self.bytes,
+                prev: rt.bytes.prev,
+                cur: rt.bytes.cur,
+                cost: size,
+                window: snap.window,
+                elapsed_ms: rt.bytes.elapsed_ms,
+            },
+        ]
+    }
+
+    /// The denial for a word that failed (cold: built only on denial).
+    #[cold]
+    #[inline(never)]
+    fn denial(&self, snap: &Snapshot, rt: RolledTraffic, size: u64) -> Decision {
+        let v = judge(&self.checks(snap, rt, size));
+        let fail = v.fail.expect("a check failed");
+        denial(&fail, v.retry_after_ms)
+    }
 }
 
-fn client_checks(snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
-    [
-        Check {
-            reason: Reason::ClientMessageRate,
-            limit: snap.client_messages,
-            prev: rt.msgs.prev,
-            cur: rt.msgs.cur,
-            cost: 1,
-            window: snap.window,
-            elapsed_ms: rt.msgs.elapsed_ms,
-        },
-        Check {
-            reason: Reason::ClientBandwidth,
-            limit: snap.client_bytes,
-            prev: rt.bytes.prev,
-            cur: rt.bytes.cur,
-            cost: size,
-            window: snap.window,
-            elapsed_ms: rt.bytes.elapsed_ms,
-        },
-    ]
+/// What one committed message did to a traffic word.
+struct Charged {
+    /// The window it was counted in, and what was added to it.
+    id: u64,
+    msgs: u64,
+    bytes: u64,
+    /// Counts that left both windows or overflowed a field (for lifetime totals).
+    spilled_msgs: u64,
+    spilled_bytes: u64,
+    /// The allowed decision (the first enabled limit reports its budget).
+    decision: Decision,
+    /// In dry-run mode, the would-be denial.
+    dry: Option<Decision>,
+}
+
+/// Decides one message of `size` bytes against a traffic word's two limits
+/// and counts it with one CAS, re-deciding on every retry. `stale` is the
+/// reason returned when the word's tag shows it now belongs to someone else.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn charge_word(
+    word: &AtomicU128,
+    mut tw: u128,
+    tag: u64,
+    pair: Pair,
+    snap: &Snapshot,
+    pos: Position,
+    size: u64,
+    stale: Reason,
+) -> Result<Charged, Decision> {
+    loop {
+        let t = Traffic::unpack(tw);
+        if t.tag != tag {
+            return Err(Decision::deny(stale));
+        }
+        let rt = roll_traffic(&t, pos);
+        let (e, w) = (rt.msgs.elapsed_ms, snap.window.d);
+        // The common case, decided inline: both limits pass (or are off).
+        let m_ok = pair.messages == 0 || window::admits(rt.msgs.prev, rt.msgs.cur, 1, pair.messages, w, e);
+        let b_ok = pair.bytes == 0 || window::admits(rt.bytes.prev, rt.bytes.cur, size, pair.bytes, w, e);
+        let mut dry = None;
+        if !(m_ok && b_ok) {
+            let d = pair.denial(snap, rt, size);
+            if !snap.dry_run() {
+                return Err(d);
+            }
+            dry = Some(d);
+        }
+        let (mc, mo) = saturate(rt.msgs.cur, 1, MSGS_MAX);
+        let (bc, bo) = saturate(rt.bytes.cur, size, BYTES_MAX);
+        let new = Traffic {
+            tag,
+            id: rt.msgs.id,
+            msgs_prev: rt.msgs.prev,
+            msgs_cur: mc,
+            bytes_prev: rt.bytes.prev,
+            bytes_cur: bc,
+        };
+        // AcqRel: one CAS decides and counts both limits together.
+        match word.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                let mut decision = Decision::allow();
+                if pair.messages != 0 {
+                    decision.limit = pair.messages;
+                    (decision.current, decision.remaining) =
+                        window::budget(rt.msgs.prev, mc, pair.messages, &snap.window, e);
+                } else if pair.bytes != 0 {
+                    decision.limit = pair.bytes;
+                    (decision.current, decision.remaining) =
+                        window::budget(rt.bytes.prev, bc, pair.bytes, &snap.window, e);
+                }
+                return Ok(Charged {
+                    id: rt.msgs.id,
+                    msgs: mc - rt.msgs.cur,
+                    bytes: bc - rt.bytes.cur,
+                    spilled_msgs: rt.msgs.dropped + mo,
+                    spilled_bytes: rt.bytes.dropped.saturating_add(bo),
+                    decision,
+                    dry,
+                });
+            }
+            Err(cur) => tw = cur,
+        }
+    }
 }
 
 /// Takes a charge back from the window it landed in (the current one, or
