@@ -37,6 +37,12 @@ pub struct Violation {
     pub at_ms: u64,
 }
 
+impl Default for Violation {
+    fn default() -> Self {
+        Violation::empty()
+    }
+}
+
 impl Violation {
     /// The stored part of the id (at most 40 bytes).
     pub fn client_id(&self) -> &[u8] {
@@ -48,7 +54,8 @@ impl Violation {
         self.reason.violation_type()
     }
 
-    pub(crate) fn empty() -> Violation {
+    /// An empty record (reason `Ok`), for output buffers.
+    pub fn empty() -> Violation {
         Violation {
             reason: Reason::Ok,
             client_id: [0; 40],

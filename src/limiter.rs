@@ -658,6 +658,17 @@ impl Limiter {
     /// Checks one message of `size` bytes against a key's (room's, channel's,
     /// user's) aggregate limits: `client_messages_per_window` and
     /// `client_bytes_per_window`. Keys share the table with client ids.
+    ///
+    /// ```
+    /// use ratethrottle::{Limiter, Limits, Reason};
+    /// let lim = Limiter::new(&Limits { client_messages_per_window: 2, window_ms: 1000, ..Limits::default() })?;
+    /// assert!(lim.check_key_at(b"room:lobby", 40, 0).allowed);
+    /// assert!(lim.check_key_at(b"room:lobby", 40, 0).allowed);
+    /// let d = lim.check_key_at(b"room:lobby", 40, 0);
+    /// assert_eq!(d.reason, Reason::ClientMessageRate);
+    /// assert!(lim.check_key_at(b"room:other", 40, 0).allowed);
+    /// # Ok::<(), ratethrottle::Error>(())
+    /// ```
     pub fn check_key(&self, key: &[u8], size: u64) -> Decision {
         self.check_key_at(key, size, clock::now_ms())
     }
@@ -771,6 +782,24 @@ impl Limiter {
     /// Sets (or with `None` removes) the violation callback of this handle.
     /// It runs synchronously on the deciding thread, for every denial and
     /// every dry-run would-be denial; keep it short.
+    ///
+    /// ```
+    /// use ratethrottle::{Limiter, Limits};
+    /// use std::sync::{Arc, Mutex};
+    /// let lim = Limiter::new(&Limits { max_message_size: 10, ..Limits::default() })?;
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let s = seen.clone();
+    /// lim.set_violation_callback(Some(Box::new(move |v| {
+    ///     s.lock().unwrap().push((v.violation_type(), v.client_id().to_vec(), v.size));
+    /// })));
+    /// let (_, conn) = lim.connect_at(b"10.1.2.3", 0);
+    /// assert!(!lim.check_message_at(conn.unwrap(), 100, 0).allowed);
+    /// assert_eq!(*seen.lock().unwrap(), vec![("message_size", b"10.1.2.3".to_vec(), 100)]);
+    /// // The same record waits in the region's ring for any reader.
+    /// let mut out = [ratethrottle::Violation::default(); 8];
+    /// assert_eq!(lim.drain_violations(&mut out), 1);
+    /// # Ok::<(), ratethrottle::Error>(())
+    /// ```
     pub fn set_violation_callback(&self, cb: Option<ViolationCallback>) {
         self.callbacks.set(cb);
     }

@@ -297,7 +297,7 @@ fn violations_reach_the_callback_and_the_ring_and_drops_are_counted() {
     for _ in 0..1100 {
         assert!(!l.connect_at(b"10.0.0.9", 5).0.allowed);
     }
-    let mut out = vec![ratethrottle_violation(); 2000];
+    let mut out = vec![ratethrottle::Violation::default(); 2000];
     let n = l.drain_violations(&mut out);
     assert_eq!(n, 1024);
     let v = out[0];
@@ -310,20 +310,6 @@ fn violations_reach_the_callback_and_the_ring_and_drops_are_counted() {
     // Drained slots are reusable.
     assert!(!l.connect_at(b"10.0.0.9", 6).0.allowed);
     assert_eq!(l.drain_violations(&mut out), 1);
-}
-
-fn ratethrottle_violation() -> ratethrottle::Violation {
-    ratethrottle::Violation {
-        reason: Reason::Ok,
-        client_id: [0; 40],
-        client_id_len: 0,
-        conn: 0,
-        limit: 0,
-        current: 0,
-        size: 0,
-        retry_after_ms: 0,
-        at_ms: 0,
-    }
 }
 
 #[test]
