@@ -116,11 +116,16 @@ impl Drop for Callbacks {
     }
 }
 
-/// Appends to the ring; false (and counted) when full.
+/// Retries of a ring operation before it gives up: each retry means another
+/// thread moved the ring, so running out means a stalled or corrupted ring
+/// (a writer killed mid-record); a denial never waits on the ring (C6).
+const MAX_RING_RETRIES: u32 = 64;
+
+/// Appends to the ring; false (and counted as dropped) when full or stalled.
 pub(crate) fn push(region: &Region, v: &Violation) -> bool {
     let h = region.header();
     let mut pos = h.ring_tail.load(Ordering::Relaxed);
-    loop {
+    for _ in 0..MAX_RING_RETRIES {
         let cell = region.ring_cell(pos as usize);
         // Acquire: see the consumer's release of this cell before reusing it.
         let seq = cell.seq.load(Ordering::Acquire);
@@ -136,12 +141,13 @@ pub(crate) fn push(region: &Region, v: &Violation) -> bool {
                 Err(cur) => pos = cur,
             }
         } else if dif < 0 {
-            region.count(pos as usize, |s| &s.violations_dropped, 1);
-            return false;
+            break;
         } else {
             pos = h.ring_tail.load(Ordering::Relaxed);
         }
     }
+    region.count(pos as usize, |s| &s.violations_dropped, 1);
+    false
 }
 
 fn write_cell(cell: &crate::region::RingCell, v: &Violation) {
@@ -174,12 +180,12 @@ fn read_cell(cell: &crate::region::RingCell) -> Violation {
     }
 }
 
-/// Takes one record from the ring.
+/// Takes one record from the ring; `None` when empty (or stalled).
 pub(crate) fn pop(region: &Region) -> Option<Violation> {
     let h = region.header();
     let head: &AtomicU64 = &h.ring_head;
     let mut pos = head.load(Ordering::Relaxed);
-    loop {
+    for _ in 0..MAX_RING_RETRIES {
         let cell = region.ring_cell(pos as usize);
         // Acquire: pairs with the producer's Release of the sequence.
         let seq = cell.seq.load(Ordering::Acquire);
@@ -200,4 +206,5 @@ pub(crate) fn pop(region: &Region) -> Option<Violation> {
             pos = head.load(Ordering::Relaxed);
         }
     }
+    None
 }

@@ -269,8 +269,11 @@ impl Limiter {
         {
             return Err(Error::InvalidArgument("max_clients and max_connections cannot change at run time"));
         }
-        h.write_limits(limits, now_ms);
-        Ok(())
+        if h.write_limits(limits, now_ms) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument("another process has been updating the limits for seconds; try again"))
+        }
     }
 
     /// Frees the connections whose owning process no longer exists; returns
@@ -500,8 +503,9 @@ impl Limiter {
         } else {
             return allowance(&[rate]);
         };
-        d = self.report(d, stripe, client, 0, 1, now_ms);
-        d
+        // Dry run: decided, reported and counted as a would-be denial, allowed.
+        d.allowed = snap.dry_run();
+        self.report(d, stripe, client, 0, 1, now_ms)
     }
 
     /// The seed's `register_connection`: counts a connection without checking

@@ -6,6 +6,7 @@
 
 use crate::error::Error;
 
+#[cfg(not(any(miri, loom)))]
 const HUGE: usize = 2 << 20;
 
 pub(crate) struct Owned {

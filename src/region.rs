@@ -327,10 +327,15 @@ impl Header {
     /// places the window offset when the window length changes, so that
     /// every stored window is at least two windows old under the new length:
     /// counts measured with the old length are dropped, never misread.
-    pub(crate) fn write_limits(&self, l: &Limits, now_ms: u64) {
+    pub(crate) fn write_limits(&self, l: &Limits, now_ms: u64) -> bool {
         let token = crate::clock::process::token();
         let mut spins: u64 = 0;
         loop {
+            // Another live writer for this long (seconds): give up rather than
+            // spin for ever (C6); the caller reports it.
+            if spins > 1 << 22 {
+                return false;
+            }
             let cur = self.limits_writer.load(Ordering::Relaxed);
             // Acquire: see the previous writer's sets.
             if cur == 0 && self.limits_writer.compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed).is_ok() {
@@ -377,6 +382,7 @@ impl Header {
         self.limits_active.store(((a >> 1) + 1) << 1 | (a & 1 ^ 1), Ordering::Release);
         // Release: the next writer sees both sets as we left them.
         self.limits_writer.store(0, Ordering::Release);
+        true
     }
 
     pub(crate) fn limits(&self) -> Limits {
@@ -526,7 +532,9 @@ impl Region {
         let (k0, k1) = random_key();
         h.hash_k0.store(k0, Ordering::Relaxed);
         h.hash_k1.store(k1, Ordering::Relaxed);
-        h.write_limits(l, 0);
+        // Nobody else can hold the writer word of a region being formatted.
+        let written = h.write_limits(l, 0);
+        debug_assert!(written);
         crate::conn::format_free_lists(self);
         for i in 0..RING_CAP {
             self.ring_cell(i).seq.store(i as u64, Ordering::Relaxed);
@@ -589,6 +597,10 @@ impl Region {
         }
         if len < layout.total {
             return Err(Error::RegionTooSmall { needed: layout.total, given: len });
+        }
+        let (head, tail) = (h.ring_head.load(Ordering::Relaxed), h.ring_tail.load(Ordering::Relaxed));
+        if tail < head || tail - head > RING_CAP as u64 {
+            return Err(Error::IncompatibleRegion("corrupt violation ring".into()));
         }
         let snap = h.snapshot();
         let w = snap.window_ms;

@@ -284,6 +284,12 @@ fn dry_run_decides_reports_and_allows() {
     assert_eq!(l.connection_info(c).unwrap().message_count, 3);
     let st = l.stats();
     assert_eq!((st.dry_run_denied, st.denied.iter().sum::<u64>()), (2, 0));
+    // The seed's check_connection follows the same rule as connect.
+    let conc = lim(Limits { max_concurrent_connections: 1, dry_run: true, ..Limits::default() });
+    conn(&conc, b"x", 0);
+    let d = conc.check_connection_at(b"x", 0);
+    assert_eq!((d.allowed, d.reason), (true, Reason::ConcurrentConnections));
+    assert_eq!(conc.stats().dry_run_denied, 1);
     assert_eq!(
         *seen.lock().unwrap(),
         vec![(Reason::MessageRate, "message_rate"), (Reason::MessageTooLarge, "message_size")]
@@ -318,7 +324,7 @@ fn limits_update_at_run_time() {
     let c = conn(&l, b"c", 0);
     assert!(l.check_message_at(c, 1, 0).allowed);
     assert!(!l.check_message_at(c, 1, 0).allowed);
-    l.update_limits_at(&Limits { messages_per_window: 2, ..Limits::default() }, 0).unwrap();
+    l.update_limits_at(&Limits { messages_per_window: 2, ..l.limits() }, 0).unwrap();
     assert!(l.check_message_at(c, 1, 0).allowed, "new limit seen by the next check");
     assert_eq!(l.limits().messages_per_window, 2);
     let bad = l.update_limits_at(&Limits { max_clients: 7, ..Limits::default() }, 0).unwrap_err();
@@ -326,7 +332,7 @@ fn limits_update_at_run_time() {
     let bad = l.update_limits_at(&Limits { window_ms: 0, ..Limits::default() }, 0).unwrap_err();
     assert!(bad.to_string().contains("window_ms"), "{bad}");
     // A new window length starts every window afresh.
-    l.update_limits_at(&Limits { messages_per_window: 2, window_ms: 5000, ..Limits::default() }, 10).unwrap();
+    l.update_limits_at(&Limits { messages_per_window: 2, window_ms: 5000, ..l.limits() }, 10).unwrap();
     assert!(l.check_message_at(c, 1, 10).allowed);
     assert!(l.check_message_at(c, 1, 10).allowed);
     assert_eq!(l.check_message_at(c, 1, 10).reason, Reason::MessageRate);

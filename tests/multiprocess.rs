@@ -212,6 +212,28 @@ fn attach_refuses_what_is_not_a_ready_region_of_this_layout() {
     drop(lim);
     // SAFETY: as above.
     assert!(matches!(unsafe { Limiter::attach(mem, len - 64) }, Err(Error::RegionTooSmall { .. })));
+    // A violation ring whose tail is behind its head (found by fuzzing: it
+    // used to hang the next denial) is refused.
+    {
+        // SAFETY: attached to the region just formatted; detached at once.
+        let probe = unsafe { Limiter::attach(mem, len) }.unwrap();
+        drop(probe);
+        // The ring's head and tail are the header's last two words.
+        let tail_at = core::mem::size_of::<u64>() * 35;
+        let before: Vec<u8> = (0..512).map(|i| unsafe { *mem.add(i) }).collect();
+        let head = u64::from_ne_bytes(before[tail_at - 8..tail_at].try_into().unwrap());
+        let tail = u64::from_ne_bytes(before[tail_at..tail_at + 8].try_into().unwrap());
+        assert_eq!((head, tail), (0, 0), "the ring words moved: update this test");
+        // SAFETY: within the header.
+        unsafe { (mem.add(tail_at - 8) as *mut u64).write(5) };
+        // SAFETY: as above.
+        match unsafe { Limiter::attach(mem, len) } {
+            Err(Error::IncompatibleRegion(why)) => assert!(why.contains("ring"), "{why}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // SAFETY: as above.
+        unsafe { (mem.add(tail_at - 8) as *mut u64).write(0) };
+    }
     // SAFETY: as above.
     assert!(matches!(unsafe { Limiter::attach(mem.add(8), len - 64) }, Err(Error::InvalidArgument(_))));
     // Another layout version: the error names both versions; nothing is changed.
