@@ -3,7 +3,7 @@
 
 use super::limiter::{limiter, rt_limiter};
 use super::{boundary, rt_conn, rt_reason};
-use crate::{Reason, Violation};
+use crate::Violation;
 use core::ffi::c_void;
 
 /// One denial, or one would-be denial in dry-run mode.
@@ -134,18 +134,7 @@ pub unsafe extern "C" fn rt_drain_violations(lim: *mut rt_limiter, out: *mut rt_
             if out.is_null() {
                 return 0;
             }
-            let empty = Violation {
-                reason: Reason::Ok,
-                client_id: [0; 40],
-                client_id_len: 0,
-                conn: 0,
-                limit: 0,
-                current: 0,
-                size: 0,
-                retry_after_ms: 0,
-                at_ms: 0,
-            };
-            let mut chunk = [empty; DRAIN_CHUNK];
+            let mut chunk = [Violation::empty(); DRAIN_CHUNK];
             let mut n = 0;
             while n < cap {
                 let want = (cap - n).min(DRAIN_CHUNK);
