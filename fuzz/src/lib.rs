@@ -116,21 +116,7 @@ impl LimitsBytes {
     pub fn arbitrary(u: &mut Unstructured, shape: Shape) -> arbitrary::Result<LimitsBytes> {
         let invalid = u.int_in_range(0u8..=15)? < shape.invalid_weight;
         let bad = |u: &mut Unstructured| -> arbitrary::Result<bool> { Ok(invalid && u.int_in_range(0u8..=3)? == 0) };
-        let mut l: rt_limits = rt_limits {
-            struct_size: LIMITS_SIZE as u32,
-            window_ms: 60_000,
-            connections_per_window: 60,
-            max_concurrent_connections: 10,
-            messages_per_window: 1000,
-            bytes_per_window: 0,
-            max_message_size: 65_536,
-            client_messages_per_window: 0,
-            client_bytes_per_window: 0,
-            max_clients: 16,
-            max_connections: 16,
-            flags: 0,
-            reserved: 0,
-        };
+        let mut l = rt_limits { max_clients: 16, max_connections: 16, ..documented_defaults() };
         // Window: mostly short so that the fake clock crosses many windows.
         l.window_ms = if bad(u)? {
             pick(u, &[0, 1, U32, U32 - 1, 1 << 31], U32)? as u32
