@@ -12,7 +12,8 @@ LOOM_MAX_PREEMPTIONS ?= 2
 export PROPTEST_CASES ?= 256
 
 .PHONY: all demo test test-core test-lint test-unit test-loom test-c test-nightly \
-        bench fuzz header toolchain clean
+        test-go test-node test-python test-nginx lib \
+        bench bench-go bench-node bench-python bench-nginx fuzz header toolchain clean
 
 all: test
 
@@ -51,6 +52,24 @@ test-loom: toolchain
 test-c: toolchain
 	bash tests/c/run.sh
 
+## The release static library and cdylib the bindings link
+## (target/release/libratethrottle.{a,so}; honours CARGO_TARGET_DIR).
+lib: toolchain
+	$(CARGO) build --release --lib
+
+## Each binding's tests: its script installs what it needs when missing.
+test-go: lib
+	bash bindings/go/test.sh
+
+test-node: toolchain
+	bash bindings/node/test.sh
+
+test-python: toolchain
+	bash bindings/python/test.sh
+
+test-nginx: lib
+	bash bindings/nginx/test.sh
+
 ## Miri over the engine and ABI tests, and a time-bounded fuzz smoke run.
 test-nightly:
 	NIGHTLY=$(NIGHTLY) FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/nightly.sh
@@ -58,6 +77,19 @@ test-nightly:
 ## criterion benchmarks with their peers in the same run (see BENCHMARKS.md).
 bench: toolchain
 	$(CARGO) bench --bench engine
+
+## Each binding's benchmarks, with its ecosystem's peer in the same run.
+bench-go: lib
+	bash bindings/go/bench.sh
+
+bench-node: toolchain
+	bash bindings/node/bench.sh
+
+bench-python: toolchain
+	bash bindings/python/bench.sh
+
+bench-nginx: lib
+	bash bindings/nginx/bench.sh
 
 ## Every fuzz target for FUZZ_SECONDS each (nightly + cargo-fuzz, installed if missing).
 fuzz:
