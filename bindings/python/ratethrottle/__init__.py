@@ -1,0 +1,35 @@
+"""ratethrottle: the WebSocket rate-limiting API of the original ``ratethrottle``
+package, decided by the lock-free ratethrottle engine (Rust).
+
+    from ratethrottle import WebSocketRateLimiter, WebSocketLimits
+
+See README.md for the API, the deliberate differences from the original
+package, and bad-input behaviour.
+"""
+
+from . import _engine
+from .websocket import (
+    ChannelsRateLimiter,
+    ConnectionInfo,
+    FastAPIWebSocketLimiter,
+    InMemoryStorage,
+    RedisStorage,
+    SocketIOLimiter,
+    WebSocketLimits,
+    WebSocketRateLimiter,
+)
+
+__version__ = "0.1.0"
+ENGINE_VERSION = _engine.VERSION
+
+__all__ = [
+    "WebSocketLimits",
+    "WebSocketRateLimiter",
+    "ConnectionInfo",
+    "FastAPIWebSocketLimiter",
+    "SocketIOLimiter",
+    "ChannelsRateLimiter",
+    "RedisStorage",
+    "InMemoryStorage",
+    "ENGINE_VERSION",
+]
