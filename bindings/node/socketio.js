@@ -1,0 +1,83 @@
+'use strict';
+// ratethrottle for socket.io (v4).
+//
+//   const rt = require('ratethrottle/socketio');
+//   io.use(authMiddleware);          // first: a connection it rejects takes no lease
+//   io.use(rt.middleware(limiter));  // last
+//
+// The connection middleware decides each connection (denied: the client gets
+// connect_error with err.data = { reason, retry_after, retry_after_ms, limit })
+// and installs the packet middleware: a denied packet is dropped and the
+// client gets a 'rate_limited' event with the same fields plus `event`.
+
+const { denialBody, valueSize } = require('./lib/adapter.js');
+
+const kConnection = Symbol('ratethrottle.connection');
+
+const defaultClientId = (socket) => socket.handshake.address || '';
+
+/** Bytes of a packet's arguments (see lib/adapter.js valueSize; acks count 0). */
+function packetSize(args) {
+  let n = 0;
+  for (const a of args) n += valueSize(a);
+  return n;
+}
+
+/** A `socket.use` middleware checking each packet against `conn`. */
+function packets(socket, conn, options = {}) {
+  const size = options.packetSize || ((event, args) => Buffer.byteLength(String(event), 'utf8') + packetSize(args));
+  return (packet, next) => {
+    const [event, ...args] = packet;
+    let d;
+    try {
+      d = conn.checkMessage(size(event, args));
+    } catch (err) {
+      next(err);
+      return;
+    }
+    if (d.allowed) {
+      next();
+      return;
+    }
+    socket.emit(options.event || 'rate_limited', { ...denialBody(d), event: String(event) });
+  };
+}
+
+/**
+ * An `io.use` connection middleware. Options: clientId(socket) (default the
+ * handshake address), packets: false to skip the packet middleware,
+ * packetSize(event, args), event (default 'rate_limited').
+ * The lease is released on 'disconnect' or when the transport closes.
+ */
+function middleware(limiter, options = {}) {
+  const clientId = options.clientId || defaultClientId;
+  return (socket, next) => {
+    let d;
+    try {
+      d = limiter.connect(clientId(socket));
+    } catch (err) {
+      next(err);
+      return;
+    }
+    if (!d.allowed) {
+      const err = new Error(d.reason);
+      err.data = denialBody(d);
+      next(err);
+      return;
+    }
+    const conn = d.connection;
+    socket[kConnection] = conn;
+    const release = () => conn.close();
+    socket.once('disconnect', release);
+    socket.conn.once('close', release);
+    if (options.packets !== false) socket.use(packets(socket, conn, options));
+    next();
+  };
+}
+
+/** The engine connection of a socket admitted by the middleware (or undefined). */
+function connectionOf(socket) {
+  return socket[kConnection];
+}
+
+module.exports = { middleware, packets, packetSize, connectionOf };

@@ -1,0 +1,128 @@
+'use strict';
+// The socket.io adapter against a real socket.io server and clients on loopback.
+
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const { Server } = require('socket.io');
+const { io: connectClient } = require('socket.io-client');
+const { Limiter } = require('..');
+const rtio = require('../socketio');
+const { until, next, httpServer } = require('./helpers.js');
+
+async function chatServer(limiter, { before } = {}) {
+  const h = await httpServer();
+  const io = new Server(h.server);
+  if (before) io.use(before);
+  io.use(rtio.middleware(limiter));
+  const app = { received: [] };
+  io.on('connection', (socket) => {
+    socket.on('chat', (msg) => {
+      app.received.push(msg);
+      socket.emit('chat', msg);
+    });
+  });
+  const clients = [];
+  const client = () => {
+    const c = connectClient(`http://127.0.0.1:${h.port}`, { transports: ['websocket'], reconnection: false, forceNew: true });
+    clients.push(c);
+    return c;
+  };
+  const close = async () => {
+    for (const c of clients) c.close();
+    await new Promise((r) => io.close(() => r()));
+    await h.close();
+  };
+  return { io, app, client, close };
+}
+
+test('socket.io: over-limit connections get connect_error with reason and retry_after; disconnect frees the slot', async (t) => {
+  const limiter = new Limiter({ maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
+  const srv = await chatServer(limiter);
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const a = srv.client();
+  await next(a, 'connect');
+  const b = srv.client();
+  const [err] = await next(b, 'connect_error');
+  assert.equal(err.message, 'too_many_connections');
+  assert.deepEqual(err.data, { reason: 'too_many_connections', retry_after: 0, retry_after_ms: 0, limit: 1 });
+  assert.equal(limiter.clientConnections('127.0.0.1'), 1);
+  a.disconnect();
+  await until(() => limiter.clientConnections('127.0.0.1') === 0, 'slot freed on disconnect');
+  const c = srv.client();
+  await next(c, 'connect');
+  assert.equal(limiter.clientConnections('127.0.0.1'), 1);
+});
+
+test('socket.io: flood packets are dropped and the client gets rate_limited; honest client untouched', async (t) => {
+  const limiter = new Limiter({ messagesPerWindow: 3, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const srv = await chatServer(limiter);
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const honest = srv.client();
+  const flood = srv.client();
+  await Promise.all([next(honest, 'connect'), next(flood, 'connect')]);
+  const limited = [];
+  flood.on('rate_limited', (e) => limited.push(e));
+  const honestEchoes = [];
+  honest.on('chat', (m) => honestEchoes.push(m));
+  for (let i = 0; i < 10; i++) flood.emit('chat', `spam ${i}`);
+  honest.emit('chat', 'hello');
+  await until(() => limited.length === 7 && honestEchoes.length === 1, 'seven rate_limited events and the honest echo');
+  for (const e of limited) {
+    assert.equal(e.reason, 'rate_limit_exceeded');
+    assert.equal(e.event, 'chat');
+    assert.ok(e.retry_after > 0);
+    assert.equal(e.limit, 3);
+  }
+  assert.deepEqual(srv.app.received.filter((m) => m.startsWith('spam')), ['spam 0', 'spam 1', 'spam 2']);
+  assert.ok(srv.app.received.includes('hello'));
+});
+
+test('socket.io: oversize packets are dropped with message_too_large', async (t) => {
+  const limiter = new Limiter({ maxMessageSize: 64, maxClients: 64, maxConnections: 64 });
+  const srv = await chatServer(limiter);
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const c = srv.client();
+  await next(c, 'connect');
+  c.emit('chat', 'x'.repeat(100));
+  const [e] = await next(c, 'rate_limited');
+  assert.equal(e.reason, 'message_too_large');
+  assert.equal(e.retry_after, null, 'never passes');
+  c.emit('chat', 'small');
+  await next(c, 'chat');
+  assert.deepEqual(srv.app.received, ['small']);
+});
+
+test('socket.io: a connection rejected by an earlier middleware takes no lease (W6)', async (t) => {
+  const limiter = new Limiter({ maxClients: 64, maxConnections: 64 });
+  const srv = await chatServer(limiter, {
+    before: (socket, nextFn) => (socket.handshake.auth.token === 'ok' ? nextFn() : nextFn(new Error('unauthorized'))),
+  });
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  for (let i = 0; i < 5; i++) {
+    const c = srv.client();
+    const [err] = await next(c, 'connect_error');
+    assert.equal(err.message, 'unauthorized');
+    c.close();
+  }
+  assert.equal(limiter.stats().connectionsAllowed, 0);
+  assert.equal(limiter.clientConnections('127.0.0.1'), 0);
+});
+
+test('socket.io: packet sizes count strings, binary and nested values', () => {
+  assert.equal(rtio.packetSize(['héllo']), 6);
+  assert.equal(rtio.packetSize([Buffer.alloc(10), new Uint8Array(5)]), 15);
+  assert.equal(rtio.packetSize([{ ab: 'cd', n: 12 }]), 2 + 2 + 1 + 2);
+  assert.equal(rtio.packetSize([[1, 2], null, () => {}]), 1 + 1 + 4 + 0);
+});

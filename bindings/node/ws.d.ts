@@ -1,0 +1,29 @@
+/// <reference types="node" />
+import type { IncomingMessage } from 'node:http';
+import type { WebSocket, WebSocketServer } from 'ws';
+import type { Connection, Decision, Limiter, ClientId } from './index';
+
+export interface VerifyClientOptions {
+  /** The client id of an upgrade request (default: the remote address). */
+  clientId?: (req: IncomingMessage) => ClientId;
+}
+
+export interface GuardOptions {
+  /** What to do with a denied message (default 'close'). */
+  onDenied?: 'close' | 'reply' | ((ws: WebSocket, decision: Decision) => void);
+  /** Close code for message_too_large in 'close' mode (default 1009). */
+  tooLargeCode?: number;
+  /** Close code for other denials in 'close' mode (default 1008). */
+  policyCode?: number;
+}
+
+export type VerifyClientCallback = (
+  info: { origin: string; secure: boolean; req: IncomingMessage },
+  cb: (result: boolean, code?: number, message?: string, headers?: Record<string, string>) => void,
+) => void;
+
+export declare function verifyClient(limiter: Limiter, options?: VerifyClientOptions): VerifyClientCallback;
+export declare function guard(ws: WebSocket, req: IncomingMessage, options?: GuardOptions): Connection;
+export declare function protect<T extends WebSocketServer>(wss: T, options?: GuardOptions): T;
+export declare function connectionOf(req: IncomingMessage): Connection | undefined;
+export declare function messageSize(data: Buffer | ArrayBuffer | Buffer[] | ArrayBufferView): number;
