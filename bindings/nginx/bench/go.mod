@@ -1,0 +1,3 @@
+module ratethrottle/bindings/nginx/bench
+
+go 1.22
