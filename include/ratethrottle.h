@@ -864,6 +864,46 @@ struct rt_decision rt_check_message_at(struct rt_limiter *lim,
                                        uint64_t now_ms);
 
 /**
+ * Checks a later part of a message that `rt_check_message` already
+ * allowed on `conn` (a WebSocket continuation frame), reading
+ * `CLOCK_MONOTONIC_COARSE`. `size` is this part's bytes; `message_size` is
+ * the whole message so far, this part included. When allowed, the `size`
+ * bytes count against the connection's and the client's byte budgets and
+ * no new message counts against their message rates; when denied, nothing
+ * is counted.
+ *
+ * Order of checks: the handle (`RT_UNKNOWN_CONNECTION`);
+ * `message_size < size` (`RT_INVALID_ARGUMENT`); `message_size >
+ * max_message_size` (`RT_MESSAGE_TOO_LARGE`, retry_after `RT_RETRY_NEVER`);
+ * the connection's bytes per window (`RT_BANDWIDTH`); the client's bytes
+ * per window (`RT_CLIENT_BANDWIDTH`). Dry-run mode as for
+ * `rt_check_message`.
+ *
+ * `lim` NULL or not a live limiter: a deny with `RT_INVALID_ARGUMENT`.
+ * Thread-safe; never allocates or locks.
+ *
+ * # Safety
+ * `lim` must be NULL or a live limiter.
+ */
+struct rt_decision rt_check_continuation(struct rt_limiter *lim,
+                                         rt_conn conn,
+                                         uint64_t size,
+                                         uint64_t message_size);
+
+/**
+ * `rt_check_continuation` with the caller's clock (see
+ * `rt_check_message_at`).
+ *
+ * # Safety
+ * `lim` must be NULL or a live limiter.
+ */
+struct rt_decision rt_check_continuation_at(struct rt_limiter *lim,
+                                            rt_conn conn,
+                                            uint64_t size,
+                                            uint64_t message_size,
+                                            uint64_t now_ms);
+
+/**
  * Checks one message of `size` bytes against a key's aggregate limits
  * (a room, a channel, a user: any bytes; `(NULL, 0)` is the empty key),
  * reading `CLOCK_MONOTONIC_COARSE`. Order: `client_messages_per_window`

@@ -544,6 +544,45 @@ impl Limiter {
     /// Allowed messages count against every one of them; denied ones
     /// against none.
     pub fn check_message_at(&self, conn: Conn, size: u64, now_ms: u64) -> Decision {
+        self.check_traffic(conn, 1, size, size, now_ms)
+    }
+
+    /// A later part of a message already allowed by
+    /// [`Limiter::check_message`] (a WebSocket continuation frame): `size`
+    /// more bytes count against the connection's and the client's byte
+    /// budgets, and no new message against their message rates.
+    /// `message_size` is the whole message so far, this part included; it
+    /// is checked against `max_message_size`. `message_size < size` is
+    /// refused with [`Reason::InvalidArgument`].
+    ///
+    /// ```
+    /// use ratethrottle::{Limiter, Limits, Reason};
+    /// let lim = Limiter::new(&Limits { max_message_size: 100, messages_per_window: 1, ..Limits::default() })?;
+    /// let (d, conn) = lim.connect_at(b"client", 0);
+    /// let conn = conn.expect(d.reason.as_str());
+    /// assert!(lim.check_message_at(conn, 60, 0).allowed); // the first frame: one message
+    /// assert!(lim.check_continuation_at(conn, 30, 90, 0).allowed); // no second message
+    /// assert_eq!(lim.check_continuation_at(conn, 30, 120, 0).reason, Reason::MessageTooLarge);
+    /// assert_eq!(lim.connection_info(conn).unwrap().message_count, 1);
+    /// # Ok::<(), ratethrottle::Error>(())
+    /// ```
+    pub fn check_continuation(&self, conn: Conn, size: u64, message_size: u64) -> Decision {
+        self.check_continuation_at(conn, size, message_size, clock::now_ms())
+    }
+
+    /// [`Limiter::check_continuation`] with the caller's clock.
+    pub fn check_continuation_at(&self, conn: Conn, size: u64, message_size: u64, now_ms: u64) -> Decision {
+        if message_size < size {
+            self.region.count(0, |s| &s.denied[Reason::InvalidArgument as usize], 1);
+            return Decision::deny(Reason::InvalidArgument);
+        }
+        self.check_traffic(conn, 0, size, message_size, now_ms)
+    }
+
+    /// The body of both message checks: `msgs` (1 or 0) messages of `size`
+    /// bytes, in a message of `message_size` bytes so far.
+    #[inline(always)]
+    fn check_traffic(&self, conn: Conn, msgs: u64, size: u64, message_size: u64, now_ms: u64) -> Decision {
         let r = &self.region;
         let Some((live, slot)) = conn::lookup(r, conn.raw()) else {
             r.count(0, |s| &s.denied[Reason::UnknownConnection as usize], 1);
@@ -551,14 +590,14 @@ impl Limiter {
         };
         let snap = r.header().snapshot();
         let mut would_deny: Option<Decision> = None;
-        if snap.max_message_size != 0 && size > snap.max_message_size {
+        if snap.max_message_size != 0 && message_size > snap.max_message_size {
             let d = Decision {
                 allowed: false,
                 reason: Reason::MessageTooLarge,
                 retry_after_ms: RETRY_NEVER,
                 limit: snap.max_message_size,
                 remaining: 0,
-                current: size,
+                current: message_size,
             };
             if !snap.dry_run() {
                 return self.report_conn(d, &live, size, now_ms);
@@ -577,16 +616,16 @@ impl Limiter {
             if t.tag != tag {
                 return Decision::deny(Reason::UnknownConnection);
             }
-            let v = judge(&Pair::conn(&snap).checks(&snap, roll_traffic(&t, pos), size));
+            let v = judge(&Pair::conn(&snap, msgs).checks(&snap, roll_traffic(&t, pos), size));
             if let Some(fail) = v.fail {
-                let retry = v.retry_after_ms.max(self.client_retry(ci, &snap, pos, size));
+                let retry = v.retry_after_ms.max(self.client_retry(ci, &snap, pos, msgs, size));
                 let d = denial(&fail, retry);
                 if !snap.dry_run() {
                     return self.report_conn(d, &live, size, now_ms);
                 }
                 would_deny.get_or_insert(d);
             }
-            match self.charge_client(ci, live.client_epoch, &snap, pos, size) {
+            match self.charge_client(ci, live.client_epoch, &snap, pos, msgs, size) {
                 Ok((charge, dry)) => {
                     client_charge = Some(charge);
                     if let Some(d) = dry {
@@ -596,7 +635,7 @@ impl Limiter {
                 Err(d) => return self.report_conn(d, &live, size, now_ms),
             }
         }
-        match self.charge_conn(slot, tag, &snap, pos, size, tw) {
+        match self.charge_conn(slot, tag, &snap, pos, msgs, size, tw) {
             Ok((allowed, dry)) => {
                 slot.last_message_at_ms.store(now_ms, Ordering::Relaxed);
                 match would_deny.or(dry) {
@@ -618,6 +657,7 @@ impl Limiter {
 
     /// Commits a message to the connection word. `Err` when the connection
     /// is over a limit; in dry-run mode `Ok` carries the would-be denial.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn charge_conn(
         &self,
@@ -625,10 +665,12 @@ impl Limiter {
         tag: u64,
         snap: &Snapshot,
         pos: Position,
+        msgs: u64,
         size: u64,
         tw: u128,
     ) -> Result<(Decision, Option<Decision>), Decision> {
-        let c = charge_word(&slot.traffic, tw, tag, Pair::conn(snap), snap, pos, size, Reason::UnknownConnection)?;
+        let c =
+            charge_word(&slot.traffic, tw, tag, Pair::conn(snap, msgs), snap, pos, size, Reason::UnknownConnection)?;
         // Lifetime totals: what left the windows, and what overflowed a field.
         add_saturating(&slot.acc_messages, c.spilled_msgs);
         add_saturating(&slot.acc_bytes, c.spilled_bytes);
@@ -645,18 +687,19 @@ impl Limiter {
         epoch: u64,
         snap: &Snapshot,
         pos: Position,
+        msgs: u64,
         size: u64,
     ) -> Result<(Charge, Option<Decision>), Decision> {
         let word = &self.region.client(index).traffic;
         let tw = word.load(Ordering::Acquire);
-        let c = charge_word(word, tw, epoch & TAG_MASK, Pair::client(snap), snap, pos, size, Reason::TableFull)?;
+        let c = charge_word(word, tw, epoch & TAG_MASK, Pair::client(snap, msgs), snap, pos, size, Reason::TableFull)?;
         Ok((Charge { id: c.id, msgs: c.msgs, bytes: c.bytes, decision: c.decision }, c.dry))
     }
 
     /// The wait until a client's windows would take this message.
-    fn client_retry(&self, index: u32, snap: &Snapshot, pos: Position, size: u64) -> u64 {
+    fn client_retry(&self, index: u32, snap: &Snapshot, pos: Position, msgs: u64, size: u64) -> u64 {
         let t = Traffic::unpack(self.region.client(index).traffic.load(Ordering::Acquire));
-        judge(&Pair::client(snap).checks(snap, roll_traffic(&t, pos), size)).retry_after_ms
+        judge(&Pair::client(snap, msgs).checks(snap, roll_traffic(&t, pos), size)).retry_after_ms
     }
 
     /// Checks one message of `size` bytes against a key's (room's, channel's,
@@ -692,7 +735,7 @@ impl Limiter {
                 break;
             };
             let stripe = found.index as usize;
-            match self.charge_client(found.index, found.epoch, &snap, pos, size) {
+            match self.charge_client(found.index, found.epoch, &snap, pos, 1, size) {
                 Ok((charge, dry)) => {
                     r.count(stripe, |s| &s.keys_allowed, 1);
                     return match dry {
@@ -834,6 +877,9 @@ enum Admit {
 /// The two limits of one traffic word: a connection's, or a client's / key's.
 #[derive(Clone, Copy)]
 struct Pair {
+    /// Messages this call adds: 1 for a new message, 0 for a later part of
+    /// one (its message rate is then not judged).
+    cost: u64,
     messages: u64,
     bytes: u64,
     message_reason: Reason,
@@ -842,8 +888,9 @@ struct Pair {
 
 impl Pair {
     #[inline(always)]
-    fn conn(snap: &Snapshot) -> Pair {
+    fn conn(snap: &Snapshot, cost: u64) -> Pair {
         Pair {
+            cost,
             messages: snap.messages_per_window,
             bytes: snap.bytes_per_window,
             message_reason: Reason::MessageRate,
@@ -852,12 +899,24 @@ impl Pair {
     }
 
     #[inline(always)]
-    fn client(snap: &Snapshot) -> Pair {
+    fn client(snap: &Snapshot, cost: u64) -> Pair {
         Pair {
+            cost,
             messages: snap.client_messages,
             bytes: snap.client_bytes,
             message_reason: Reason::ClientMessageRate,
             byte_reason: Reason::ClientBandwidth,
+        }
+    }
+
+    /// The message limit this call is judged against: none for a later
+    /// part of a message.
+    #[inline(always)]
+    fn message_limit(&self) -> u64 {
+        if self.cost == 0 {
+            0
+        } else {
+            self.messages
         }
     }
 
@@ -866,10 +925,10 @@ impl Pair {
         [
             Check {
                 reason: self.message_reason,
-                limit: self.messages,
+                limit: self.message_limit(),
                 prev: rt.msgs.prev,
                 cur: rt.msgs.cur,
-                cost: 1,
+                cost: self.cost,
                 window: snap.window,
                 elapsed_ms: rt.msgs.elapsed_ms,
             },
@@ -933,7 +992,7 @@ fn charge_word(
         let rt = roll_traffic(&t, pos);
         let (e, w) = (rt.msgs.elapsed_ms, snap.window.d);
         // The common case, decided inline: both limits pass (or are off).
-        let m_ok = pair.messages == 0 || window::admits(rt.msgs.prev, rt.msgs.cur, 1, pair.messages, w, e);
+        let m_ok = pair.message_limit() == 0 || window::admits(rt.msgs.prev, rt.msgs.cur, 1, pair.messages, w, e);
         let b_ok = pair.bytes == 0 || window::admits(rt.bytes.prev, rt.bytes.cur, size, pair.bytes, w, e);
         let mut dry = None;
         if !(m_ok && b_ok) {
@@ -943,7 +1002,7 @@ fn charge_word(
             }
             dry = Some(d);
         }
-        let (mc, mo) = saturate(rt.msgs.cur, 1, MSGS_MAX);
+        let (mc, mo) = saturate(rt.msgs.cur, pair.cost, MSGS_MAX);
         let (bc, bo) = saturate(rt.bytes.cur, size, BYTES_MAX);
         let new = Traffic {
             tag,
@@ -957,7 +1016,7 @@ fn charge_word(
         match word.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 let mut decision = Decision::allow();
-                if pair.messages != 0 {
+                if pair.message_limit() != 0 {
                     decision.limit = pair.messages;
                     (decision.current, decision.remaining) =
                         window::budget(rt.msgs.prev, mc, pair.messages, &snap.window, e);

@@ -79,6 +79,57 @@ fn message_size_rate_and_bandwidth_in_order() {
 }
 
 #[test]
+fn continuations_add_bytes_but_no_message() {
+    let l = lim(Limits {
+        window_ms: 1000,
+        messages_per_window: 2,
+        bytes_per_window: 1000,
+        max_message_size: 700,
+        client_messages_per_window: 2,
+        client_bytes_per_window: 900,
+        ..Limits::default()
+    });
+    let c = conn(&l, b"c", 0);
+    // A message in three parts: one message, 650 bytes.
+    assert!(l.check_message_at(c, 300, 0).allowed);
+    let d = l.check_continuation_at(c, 300, 600, 0);
+    assert!(d.allowed, "{d:?}");
+    // The first enabled limit of a continuation is the byte budget.
+    assert_eq!((d.limit, d.current, d.remaining), (1000, 600, 400));
+    // The size rule is on the whole message so far.
+    let d = l.check_continuation_at(c, 200, 800, 0);
+    assert_eq!((d.reason, d.retry_after_ms, d.limit, d.current), (Reason::MessageTooLarge, RETRY_NEVER, 700, 800));
+    assert!(l.check_continuation_at(c, 50, 650, 0).allowed);
+    let info = l.connection_info(c).unwrap();
+    assert_eq!((info.message_count, info.byte_count), (1, 650));
+    // Message rates are not judged for a continuation: a second message
+    // fills the rate, and its continuations still pass on bytes.
+    assert!(l.check_message_at(c, 100, 0).allowed);
+    assert_eq!(l.check_message_at(c, 0, 0).reason, Reason::MessageRate);
+    assert!(l.check_continuation_at(c, 100, 200, 0).allowed);
+    // The client's byte budget (900) is judged too, all or nothing.
+    let d = l.check_continuation_at(c, 100, 300, 0);
+    assert_eq!((d.reason, d.limit, d.current), (Reason::ClientBandwidth, 900, 850));
+    let info = l.connection_info(c).unwrap();
+    assert_eq!((info.message_count, info.byte_count), (2, 850));
+    // The connection's byte budget, in another client.
+    let l2 = lim(Limits { window_ms: 1000, bytes_per_window: 100, ..Limits::default() });
+    let c2 = conn(&l2, b"c", 0);
+    assert!(l2.check_message_at(c2, 60, 0).allowed);
+    let d = l2.check_continuation_at(c2, 50, 110, 0);
+    assert_eq!((d.reason, d.limit, d.current, d.remaining), (Reason::Bandwidth, 100, 60, 40));
+    // Bad arguments and stale handles count nothing.
+    assert_eq!(l2.check_continuation_at(c2, 10, 9, 0).reason, Reason::InvalidArgument);
+    l2.disconnect(c2);
+    assert_eq!(l2.check_continuation_at(c2, 1, 1, 0).reason, Reason::UnknownConnection);
+    let st = l2.stats();
+    assert_eq!(
+        (st.denied[Reason::Bandwidth as usize], st.denied[Reason::InvalidArgument as usize], st.total_bytes),
+        (1, 1, 60)
+    );
+}
+
+#[test]
 fn limits_are_per_connection_not_per_client() {
     let l = lim(Limits { messages_per_window: 2, ..Limits::default() });
     let a = conn(&l, b"c", 0);

@@ -90,24 +90,31 @@ impl Model {
         (true, reason, fails.first().map_or(0, |f| f.2))
     }
 
-    fn message(&mut self, conn: usize, size: u64, now: u64) -> (bool, Reason, u64) {
+    /// `msgs` messages (1, or 0 for a continuation) of `size` bytes, in a
+    /// message of `message_size` bytes so far.
+    fn message(&mut self, conn: usize, msgs: u64, size: u64, message_size: u64, now: u64) -> (bool, Reason, u64) {
         let w = self.w();
         let l = self.l;
+        if message_size < size {
+            return (false, Reason::InvalidArgument, 0);
+        }
+        // A continuation's message rates are not judged.
+        let rate = |limit: u32| if msgs == 0 { 0 } else { limit as u64 };
         let Some(cm) = self.conns.get(conn).filter(|c| c.open) else {
             return (false, Reason::UnknownConnection, 0);
         };
         let client = self.clients.get(&cm.client).cloned().unwrap_or_default();
         let mut fails: Fails = vec![];
-        if l.max_message_size != 0 && size > l.max_message_size as u64 {
+        if l.max_message_size != 0 && message_size > l.max_message_size as u64 {
             fails.push((Reason::MessageTooLarge, l.max_message_size as u64, RETRY_NEVER));
             if !l.dry_run {
                 return (false, Reason::MessageTooLarge, RETRY_NEVER);
             }
         }
         let checks: [(Reason, &Windows, u64, u64); 4] = [
-            (Reason::MessageRate, &cm.msgs, 1, l.messages_per_window as u64),
+            (Reason::MessageRate, &cm.msgs, msgs, rate(l.messages_per_window)),
             (Reason::Bandwidth, &cm.bytes, size, l.bytes_per_window),
-            (Reason::ClientMessageRate, &client.msgs, 1, l.client_messages_per_window as u64),
+            (Reason::ClientMessageRate, &client.msgs, msgs, rate(l.client_messages_per_window)),
             (Reason::ClientBandwidth, &client.bytes, size, l.client_bytes_per_window),
         ];
         let mut window_fails: Fails = vec![];
@@ -126,13 +133,13 @@ impl Model {
             }
         }
         let cm = &mut self.conns[conn];
-        cm.msgs.add(now, w, 1);
+        cm.msgs.add(now, w, msgs);
         cm.bytes.add(now, w, size);
-        cm.total_msgs += 1;
+        cm.total_msgs += msgs;
         cm.total_bytes = cm.total_bytes.saturating_add(size);
         if l.client_messages_per_window != 0 || l.client_bytes_per_window != 0 {
             let c = self.clients.get_mut(&cm.client).unwrap();
-            c.msgs.add(now, w, 1);
+            c.msgs.add(now, w, msgs);
             c.bytes.add(now, w, size);
         }
         (true, fails.first().map_or(Reason::Ok, |f| f.0), fails.first().map_or(0, |f| f.2))
@@ -172,6 +179,8 @@ enum Op {
     Connect(u8),
     Disconnect(u8),
     Message(u8, u64),
+    /// A continuation: this part's size, and the message's size so far.
+    Continuation(u8, u64, u64),
     Key(u8, u64),
     Advance(u64),
 }
@@ -181,6 +190,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..4).prop_map(Op::Connect),
         1 => any::<u8>().prop_map(Op::Disconnect),
         6 => (any::<u8>(), prop_oneof![0u64..64, 0u64..300, Just(u64::MAX)]).prop_map(|(c, s)| Op::Message(c, s)),
+        2 => (any::<u8>(), 0u64..300, prop_oneof![5 => 0u64..600, 1 => Just(0u64)])
+            .prop_map(|(c, s, more)| Op::Continuation(c, s, if more == 0 { s / 2 } else { s + more })),
         2 => (0u8..6, 0u64..200).prop_map(|(k, s)| Op::Key(k, s)),
         3 => prop_oneof![0u64..5, 0u64..400, 0u64..3000].prop_map(Op::Advance),
     ]
@@ -272,7 +283,13 @@ proptest! {
                     if handles.is_empty() { continue; }
                     let k = x as usize % handles.len();
                     let d = lim.check_message_at(handles[k], size, now);
-                    check(d, m.message(k, size, now), &what)?;
+                    check(d, m.message(k, 1, size, size, now), &what)?;
+                }
+                Op::Continuation(x, size, total) => {
+                    if handles.is_empty() { continue; }
+                    let k = x as usize % handles.len();
+                    let d = lim.check_continuation_at(handles[k], size, total, now);
+                    check(d, m.message(k, 0, size, total, now), &what)?;
                 }
                 Op::Key(k, size) => {
                     let key = key_name(k);

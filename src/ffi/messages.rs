@@ -79,6 +79,84 @@ pub unsafe extern "C" fn rt_check_message_at(
     unsafe { check_message(lim, conn, size, Some(now_ms)) }
 }
 
+/// Shared body of `rt_check_continuation` and `rt_check_continuation_at`.
+///
+/// # Safety
+/// `lim` must be NULL or a live limiter.
+unsafe fn check_continuation(
+    lim: *mut rt_limiter,
+    conn: rt_conn,
+    size: u64,
+    message_size: u64,
+    now_ms: Option<u64>,
+) -> rt_decision {
+    boundary(
+        || rt_decision::deny(RT_INVALID_ARGUMENT),
+        || {
+            // SAFETY: per the caller.
+            let Some(inner) = (unsafe { limiter(lim) }) else {
+                return rt_decision::deny(RT_INVALID_ARGUMENT);
+            };
+            let Some(conn) = Conn::from_raw(conn) else {
+                return rt_decision::deny(RT_UNKNOWN_CONNECTION);
+            };
+            match now_ms {
+                Some(now_ms) => inner.check_continuation_at(conn, size, message_size, now_ms),
+                None => inner.check_continuation(conn, size, message_size),
+            }
+            .into()
+        },
+    )
+}
+
+/// Checks a later part of a message that `rt_check_message` already
+/// allowed on `conn` (a WebSocket continuation frame), reading
+/// `CLOCK_MONOTONIC_COARSE`. `size` is this part's bytes; `message_size` is
+/// the whole message so far, this part included. When allowed, the `size`
+/// bytes count against the connection's and the client's byte budgets and
+/// no new message counts against their message rates; when denied, nothing
+/// is counted.
+///
+/// Order of checks: the handle (`RT_UNKNOWN_CONNECTION`);
+/// `message_size < size` (`RT_INVALID_ARGUMENT`); `message_size >
+/// max_message_size` (`RT_MESSAGE_TOO_LARGE`, retry_after `RT_RETRY_NEVER`);
+/// the connection's bytes per window (`RT_BANDWIDTH`); the client's bytes
+/// per window (`RT_CLIENT_BANDWIDTH`). Dry-run mode as for
+/// `rt_check_message`.
+///
+/// `lim` NULL or not a live limiter: a deny with `RT_INVALID_ARGUMENT`.
+/// Thread-safe; never allocates or locks.
+///
+/// # Safety
+/// `lim` must be NULL or a live limiter.
+#[no_mangle]
+pub unsafe extern "C" fn rt_check_continuation(
+    lim: *mut rt_limiter,
+    conn: rt_conn,
+    size: u64,
+    message_size: u64,
+) -> rt_decision {
+    // SAFETY: forwarded from the caller.
+    unsafe { check_continuation(lim, conn, size, message_size, None) }
+}
+
+/// `rt_check_continuation` with the caller's clock (see
+/// `rt_check_message_at`).
+///
+/// # Safety
+/// `lim` must be NULL or a live limiter.
+#[no_mangle]
+pub unsafe extern "C" fn rt_check_continuation_at(
+    lim: *mut rt_limiter,
+    conn: rt_conn,
+    size: u64,
+    message_size: u64,
+    now_ms: u64,
+) -> rt_decision {
+    // SAFETY: forwarded from the caller.
+    unsafe { check_continuation(lim, conn, size, message_size, Some(now_ms)) }
+}
+
 /// Shared body of `rt_check_key` and `rt_check_key_at`.
 ///
 /// # Safety

@@ -181,6 +181,42 @@ static void bandwidth(void) {
   rt_limiter_free(lim);
 }
 
+/* A fragmented message: the first frame is one message, continuations add
+ * bytes only, and the size rule applies to the whole message so far. */
+static void continuation(void) {
+  rt_limits l = base();
+  l.messages_per_window = 1;
+  l.bytes_per_window = 1000;
+  l.max_message_size = 700;
+  rt_limiter *lim = t_new(&l);
+  rt_conn c = 0;
+  CHECK(rt_connect_at(lim, ID("frag"), 0, &c).allowed);
+  CHECK_DECISION(rt_check_message_at(lim, c, 300, 0), true, RT_OK, 0);
+  rt_decision d = rt_check_continuation_at(lim, c, 300, 600, 0);
+  CHECK_DECISION(d, true, RT_OK, 0);
+  CHECK_EQ(d.limit, 1000);
+  CHECK_EQ(d.remaining, 400);
+  d = rt_check_continuation_at(lim, c, 200, 800, 0);
+  CHECK_DECISION(d, false, RT_MESSAGE_TOO_LARGE, RT_RETRY_NEVER);
+  CHECK_EQ(d.current, 800);
+  /* The message rate (1) is full (p=0 c=1 k=1 L=1: the message passes
+   * once the previous window has slid out, 2000 ms), yet continuations
+   * pass on bytes. */
+  CHECK_DECISION(rt_check_message_at(lim, c, 1, 0), false, RT_MESSAGE_RATE, 2000);
+  CHECK_DECISION(rt_check_continuation_at(lim, c, 100, 700, 0), true, RT_OK, 0);
+  CHECK_DECISION(rt_check_continuation_at(lim, c, 10, 9, 0), false, RT_INVALID_ARGUMENT, 0);
+  CHECK_DECISION(rt_check_continuation_at(lim, 0, 1, 1, 0), false, RT_UNKNOWN_CONNECTION, 0);
+  CHECK_DECISION(rt_check_continuation(NULL, c, 1, 1), false, RT_INVALID_ARGUMENT, 0);
+  CHECK_DECISION(rt_check_continuation(lim, c, 1, 701), false, RT_MESSAGE_TOO_LARGE, RT_RETRY_NEVER);
+  rt_connection_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  CHECK_EQ(rt_limiter_connection_info(lim, c, &info), RT_STATUS_OK);
+  CHECK_EQ(info.message_count, 1);
+  CHECK_EQ(info.byte_count, 700);
+  rt_limiter_free(lim);
+}
+
 static void client_limits(void) {
   rt_limits l = base();
   l.client_messages_per_window = 3;
@@ -517,6 +553,7 @@ int main(void) {
   message_size();
   message_rate();
   bandwidth();
+  continuation();
   client_limits();
   table_full();
   unknown_and_invalid();
