@@ -41,11 +41,6 @@ typedef struct {
     void                        *region;
     size_t                       region_len;
 
-    /* a private limiter that holds only max_message_size: it answers the
-       size question for the accumulated size of a fragmented message */
-    rt_limiter                  *size_lim;
-    rt_conn                      size_conn;
-
     ngx_shm_zone_t              *shm_zone;
 } ngx_http_ratethrottle_zone_t;
 
@@ -914,35 +909,27 @@ ngx_http_ratethrottle_ws_frame(ngx_http_ratethrottle_ctx_t *ctx)
                            ? UINT64_MAX : ctx->message_len + plen;
 
         /*
-         * The size of the message so far: asked of a private limiter that
-         * holds only max_message_size. When it refuses, the zone's own
-         * limiter is asked the same question, so that the denial is the
-         * zone's (counted in its statistics and violation ring; a denied
-         * message is not counted against any budget).
+         * A continuation frame adds its bytes to the byte budgets and no
+         * message to the message rates; max_message_size applies to the
+         * whole message so far (the engine's rt_check_continuation).
          */
 
-        if (zone->size_lim != NULL) {
-            d = rt_check_message(zone->size_lim, zone->size_conn,
-                                 ctx->message_len);
-
-            if (!d.allowed) {
-                if (!(zone->limits.flags & RT_FLAG_DRY_RUN)) {
-                    d = rt_check_message(zone->lim, ctx->conn,
-                                         ctx->message_len);
-                }
-
-                ngx_http_ratethrottle_note(ctx, &d, "message",
-                                           ctx->message_len);
-
-                if (!d.allowed && !dry) {
-                    return NGX_HTTP_RATETHROTTLE_WS_TOO_BIG;
-                }
-            }
-        }
+        d = rt_check_continuation(zone->lim, ctx->conn, plen,
+                                  ctx->message_len);
 
         if (fin) {
             ctx->in_message = 0;
         }
+
+        ngx_http_ratethrottle_note(ctx, &d, "message", plen);
+
+        if (d.allowed || dry) {
+            return 0;
+        }
+
+        return d.reason == RT_MESSAGE_TOO_LARGE
+               ? NGX_HTTP_RATETHROTTLE_WS_TOO_BIG
+               : NGX_HTTP_RATETHROTTLE_WS_POLICY;
 
     } else if (op == 0x1 || op == 0x2) {
         if (ctx->in_message) {
@@ -963,9 +950,9 @@ ngx_http_ratethrottle_ws_frame(ngx_http_ratethrottle_ctx_t *ctx)
     }
 
     /*
-     * Every data frame is checked as it arrives, before its payload is
-     * forwarded: its length counts against the byte budget and the frame
-     * counts as one message against the message rate.
+     * The first frame of a message is checked as it arrives, before its
+     * payload is forwarded: it counts as one message against the message
+     * rate and its length against the byte budget.
      */
 
     d = rt_check_message(zone->lim, ctx->conn, plen);
@@ -1404,7 +1391,7 @@ ngx_http_ratethrottle_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_int_t                           ms;
     ngx_uint_t                          i, clients_set, conns_set;
     rt_status                           rc;
-    rt_limits                           check, size_limits;
+    rt_limits                           check;
     ngx_shm_zone_t                     *shm_zone;
     ngx_pool_cleanup_t                 *cln;
     ngx_http_ratethrottle_zone_t       *zone, **zp;
@@ -1628,38 +1615,6 @@ ngx_http_ratethrottle_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     cln->handler = ngx_http_ratethrottle_zone_cleanup;
     cln->data = zone;
 
-    /* the private size-only limiter for fragmented messages */
-
-    if (zone->limits.max_message_size != 0) {
-        rt_limits_default(&size_limits);
-        size_limits.window_ms = zone->limits.window_ms;
-        size_limits.connections_per_window = 0;
-        size_limits.max_concurrent_connections = 0;
-        size_limits.messages_per_window = 0;
-        size_limits.bytes_per_window = 0;
-        size_limits.client_messages_per_window = 0;
-        size_limits.client_bytes_per_window = 0;
-        size_limits.max_message_size = zone->limits.max_message_size;
-        size_limits.max_clients = 1;
-        size_limits.max_connections = 1;
-
-        rc = rt_limiter_new(&size_limits, &zone->size_lim);
-        if (rc != RT_STATUS_OK) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "ratethrottle: limiter: %s", rt_status_str(rc));
-            return NGX_CONF_ERROR;
-        }
-
-        zone->size_conn = 0;
-        (void) rt_connect(zone->size_lim, NULL, 0, &zone->size_conn);
-
-        if (zone->size_conn == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "ratethrottle: size limiter refused a connect");
-            return NGX_CONF_ERROR;
-        }
-    }
-
     rmcf = conf;
     zp = ngx_array_push(&rmcf->zones);
     if (zp == NULL) {
@@ -1688,9 +1643,6 @@ ngx_http_ratethrottle_zone_cleanup(void *data)
 
     rt_limiter_free(zone->lim);
     zone->lim = NULL;
-
-    rt_limiter_free(zone->size_lim);
-    zone->size_lim = NULL;
 }
 
 

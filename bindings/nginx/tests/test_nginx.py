@@ -678,6 +678,18 @@ async def t_message_limits(env):
     check(got.get(0x1) == b"p" * 300 + b"q" * 300, "fragmented echo")
     raw.close()
 
+    # a message in 30 fragments is one message of the rate (20 per window):
+    # continuations go through rt_check_continuation, not rt_check_message
+    raw = RawWS(env, "/msg/ws", "raw-many-fragments")
+    check(raw.status == 101, f"raw handshake {raw.status}")
+    raw.send(frame(0x1, b"m", fin=False)
+             + b"".join(frame(0x0, b"m", fin=False) for _ in range(28))
+             + frame(0x0, b"m", fin=True))
+    f = raw.read_frame()
+    check(f is not None and f[0] == 0x1 and f[1] == b"m" * 30,
+          f"30 fragments counted as 30 messages: {f!r:.80}")
+    raw.close()
+
     # frames sent with the upgrade request, before the 101
     raw = RawWS(env, "/msg/ws", "preload",
                 preload=frame(0x1, b"ok") + frame(0x2, b"z" * 3000))
