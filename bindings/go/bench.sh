@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Benchmarks of the Go binding (make bench-go): the cgo paths beside an empty
+# cgo call and beside golang.org/x/time/rate, in ONE go test run. The numbers
+# recorded in BENCHMARKS.md come from this script.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT="$(cd ../.. && pwd)"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET" cargo build --release --lib)
+export CGO_ENABLED=1
+export CGO_LDFLAGS="-L$TARGET/release ${CGO_LDFLAGS:-}"
+go version
+uptime
+# -cpu 2: GOMAXPROCS=2, so the parallel benchmarks run one goroutine per P
+# (2 goroutines); the others are single-goroutine loops.
+OUT="$(mktemp)"
+trap 'rm -f "$OUT"' EXIT
+go test -run '^$' -bench . -benchmem -cpu 2 -count "${BENCH_COUNT:-3}" -benchtime "${BENCH_TIME:-1s}" . | tee "$OUT"
+uptime
+
+# Medians over the -count repetitions of this run, and the issue's targets.
+awk '
+  /^Benchmark/ {
+    name = $1; sub(/-[0-9]+$/, "", name)
+    for (i = 3; i < NF; i++) {
+      if ($(i+1) == "ns/op") wall[name] = wall[name] " " $i
+      if ($(i+1) == "cpu-ns/op") cpu[name] = cpu[name] " " $i
+    }
+  }
+  function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  END {
+    printf "\n%-58s %12s %12s\n", "benchmark (median of the run)", "wall ns/op", "cpu ns/op"
+    for (n in wall) names[++k] = n
+    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (names[j] < names[i]) { t = names[i]; names[i] = names[j]; names[j] = t }
+    for (i = 1; i <= k; i++) { n = names[i]; W[n] = median(wall[n]); C[n] = median(cpu[n]); printf "%-58s %12.1f %12.1f\n", n, W[n], C[n] }
+    e = "BenchmarkEmptyCgo"; m = "BenchmarkCheckMessage"
+    printf "\ntarget: CheckMessage <= empty cgo + 30 ns\n"
+    printf "  wall: %.1f - %.1f = %.1f ns -> %s\n", W[m], W[e], W[m] - W[e], (W[m] - W[e] <= 30 ? "MET" : "MISSED")
+    printf "  cpu:  %.1f - %.1f = %.1f ns -> %s\n", C[m], C[e], C[m] - C[e], (C[m] - C[e] <= 30 ? "MET" : "MISSED")
+    p = "BenchmarkKeyedParallel/mutex-map-x-time-rate"
+    split("ratethrottle-connect-close ratethrottle-check-key", kinds, " ")
+    printf "\ntarget: keyed checks with 2 goroutines beat the mutex-guarded map (ratio < 1)\n"
+    for (i = 1; i <= 2; i++) {
+      r = "BenchmarkKeyedParallel/" kinds[i]
+      printf "  %-28s wall %.2fx  cpu %.2fx -> %s\n", kinds[i], W[r] / W[p], C[r] / C[p], (W[r] < W[p] ? "MET" : "MISSED")
+    }
+    split("ratethrottle-connect-close ratethrottle-check-key mutex-map-x-time-rate", all, " ")
+    printf "\nscaling: throughput with 2 goroutines / 1 goroutine (wall)\n"
+    for (i = 1; i <= 3; i++) printf "  %-28s %.2fx\n", all[i], W["BenchmarkKeyedSerial/" all[i]] / W["BenchmarkKeyedParallel/" all[i]]
+  }' "$OUT"

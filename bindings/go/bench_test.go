@@ -1,0 +1,302 @@
+package ratethrottle
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/time/rate"
+)
+
+// Benchmarks of the real cgo path beside an empty cgo call and beside what
+// Go users write today (golang.org/x/time/rate), in one `go test -bench` run.
+// Each loop counts allowed decisions and fails if any was denied, so no
+// number is the cost of a denial.
+
+// benchLimits never deny at the rates a benchmark reaches: 1 ms windows
+// (plain clock, coarse: 1-4 ms) or a caller clock advanced every 1000 ops.
+// Connection-level limits are high enough for 60 s windows.
+func benchLimits() Limits {
+	l := DefaultLimits()
+	l.WindowMs = 1
+	l.MessagesPerWindow = 262143
+	l.BytesPerWindow = 67108863
+	l.ConnectionsPerWindow = 16777215
+	l.MaxConcurrentConnections = 16777215
+	l.MaxClients, l.MaxConnections = 1<<15, 1<<15
+	return l
+}
+
+// keyedBenchLimits keep a 60 s window: with 1 ms windows a key unused for
+// 2 ms holds no information, so its slot may be reclaimed and every visit
+// of the 10k keys would be a first insert (the slow path). Per key per
+// window: 262143 messages, 16777215 connects; a run makes far fewer.
+func keyedBenchLimits() Limits {
+	l := benchLimits()
+	l.WindowMs = 60000
+	l.ClientMessagesPerWindow = 262143
+	return l
+}
+
+func benchLimiter(b *testing.B) *Limiter {
+	lim, err := New(benchLimits())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { lim.Close() })
+	return lim
+}
+
+// CPU time beside wall time: on a shared, loaded machine the wall time of a
+// loop includes the time its thread waited for a CPU; its CPU time does not.
+// Single-goroutine loops report their own thread's CPU time (the goroutine
+// is locked to its thread); parallel ones the whole process's (getrusage).
+
+func threadCPU() int64 {
+	var ts syscall.Timespec
+	const clockThreadCPUTimeID = 3 // CLOCK_THREAD_CPUTIME_ID, <time.h>
+	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, clockThreadCPUTimeID, uintptr(unsafe.Pointer(&ts)), 0)
+	return ts.Nano()
+}
+
+func processCPU() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// threadCPUTimer locks the benchmark goroutine to its thread, resets the
+// timer and returns the function that reports cpu-ns/op after the loop.
+func threadCPUTimer(b *testing.B) func() {
+	runtime.LockOSThread()
+	b.ResetTimer()
+	t0 := threadCPU()
+	return func() {
+		t1 := threadCPU()
+		b.StopTimer()
+		runtime.UnlockOSThread()
+		b.ReportMetric(float64(t1-t0)/float64(b.N), "cpu-ns/op")
+	}
+}
+
+func checkAllAllowed(b *testing.B, denied int) {
+	if denied != 0 {
+		b.Fatalf("%d of %d decisions were denials", denied, b.N)
+	}
+}
+
+func BenchmarkEmptyCgo(b *testing.B) {
+	stop := threadCPUTimer(b)
+	for i := 0; i < b.N; i++ {
+		emptyCgo()
+	}
+	stop()
+}
+
+func BenchmarkCheckMessage(b *testing.B) {
+	lim := benchLimiter(b)
+	c, _ := lim.Connect("bench")
+	denied := 0
+	stop := threadCPUTimer(b)
+	for i := 0; i < b.N; i++ {
+		if !c.CheckMessage(64).Allowed {
+			denied++
+		}
+	}
+	stop()
+	checkAllAllowed(b, denied)
+}
+
+func BenchmarkCheckMessageAt(b *testing.B) {
+	lim := benchLimiter(b)
+	c, _ := lim.ConnectAt("bench", 0)
+	denied := 0
+	stop := threadCPUTimer(b)
+	for i := 0; i < b.N; i++ {
+		if !c.CheckMessageAt(64, uint64(i/1000)).Allowed {
+			denied++
+		}
+	}
+	stop()
+	checkAllAllowed(b, denied)
+}
+
+// The same cgo call without the binding's in-flight guard (two atomic adds)
+// and Go-side checks: the guard's cost is the difference.
+func BenchmarkCheckMessageAtRawCgo(b *testing.B) {
+	lim := benchLimiter(b)
+	c, _ := lim.ConnectAt("bench", 0)
+	h := c.h.Load()
+	denied := 0
+	stop := threadCPUTimer(b)
+	for i := 0; i < b.N; i++ {
+		if !cCheckMessageAt(lim.ptr, h, 64, uint64(i/1000)).Allowed {
+			denied++
+		}
+	}
+	stop()
+	checkAllAllowed(b, denied)
+}
+
+func BenchmarkConnectClose(b *testing.B) {
+	lim := benchLimiter(b)
+	denied := 0
+	stop := threadCPUTimer(b)
+	for i := 0; i < b.N; i++ {
+		c, d := lim.Connect("bench")
+		if !d.Allowed {
+			denied++
+		}
+		c.Close()
+	}
+	stop()
+	checkAllAllowed(b, denied)
+}
+
+// Peer: one x/time/rate limiter per connection (what a Go server keeps per
+// socket to limit its messages).
+func BenchmarkXTimeRatePerConnAllow(b *testing.B) {
+	l := rate.NewLimiter(rate.Limit(1e12), 1<<30)
+	denied := 0
+	stop := threadCPUTimer(b)
+	for i := 0; i < b.N; i++ {
+		if !l.Allow() {
+			denied++
+		}
+	}
+	stop()
+	checkAllAllowed(b, denied)
+}
+
+// Peer: a mutex-guarded map of x/time/rate limiters per client, the usual
+// keyed limiter in Go.
+type mutexMap struct {
+	mu sync.Mutex
+	m  map[string]*rate.Limiter
+}
+
+func (mm *mutexMap) allow(key string) bool {
+	mm.mu.Lock()
+	l, ok := mm.m[key]
+	if !ok {
+		l = rate.NewLimiter(rate.Limit(1e12), 1<<30)
+		mm.m[key] = l
+	}
+	mm.mu.Unlock()
+	return l.Allow()
+}
+
+const benchKeys = 10000
+
+func keys() []string {
+	k := make([]string, benchKeys)
+	for i := range k {
+		k[i] = fmt.Sprintf("198.51.%d.%d", i/256, i%256)
+	}
+	return k
+}
+
+// Keyed checks from 2 goroutines (run with -cpu 2: GOMAXPROCS=2, one
+// goroutine per P), each walking the 10k keys from its own offset.
+func runParallelKeyed(b *testing.B, check func(key string) bool) {
+	ks := keys()
+	var offset atomic.Int64
+	var denied atomic.Int64
+	b.SetParallelism(1)
+	b.ResetTimer()
+	t0 := processCPU()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(offset.Add(benchKeys/2)) % benchKeys
+		d := 0
+		for pb.Next() {
+			if !check(ks[i]) {
+				d++
+			}
+			if i++; i == benchKeys {
+				i = 0
+			}
+		}
+		denied.Add(int64(d))
+	})
+	t1 := processCPU()
+	b.StopTimer()
+	b.ReportMetric(float64(t1-t0)/float64(b.N), "cpu-ns/op")
+	checkAllAllowed(b, int(denied.Load()))
+}
+
+// The same keyed work from one goroutine, to see how each scales to two.
+func BenchmarkKeyedSerial(b *testing.B) {
+	serial := func(b *testing.B, check func(key string) bool) {
+		ks := keys()
+		denied := 0
+		stop := threadCPUTimer(b)
+		for i := 0; i < b.N; i++ {
+			if !check(ks[i%benchKeys]) {
+				denied++
+			}
+		}
+		stop()
+		checkAllAllowed(b, denied)
+	}
+	b.Run("ratethrottle-connect-close", func(b *testing.B) {
+		lim, err := New(keyedBenchLimits())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer lim.Close()
+		serial(b, func(k string) bool {
+			c, d := lim.Connect(k)
+			c.Close()
+			return d.Allowed
+		})
+	})
+	b.Run("ratethrottle-check-key", func(b *testing.B) {
+		lim, err := New(keyedBenchLimits())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer lim.Close()
+		serial(b, func(k string) bool { return lim.CheckKey(k, 64).Allowed })
+	})
+	b.Run("mutex-map-x-time-rate", func(b *testing.B) {
+		mm := &mutexMap{m: map[string]*rate.Limiter{}}
+		for _, k := range keys() {
+			mm.allow(k)
+		}
+		serial(b, mm.allow)
+	})
+}
+
+func BenchmarkKeyedParallel(b *testing.B) {
+	b.Run("ratethrottle-connect-close", func(b *testing.B) {
+		lim, err := New(keyedBenchLimits())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer lim.Close()
+		runParallelKeyed(b, func(k string) bool {
+			c, d := lim.Connect(k)
+			c.Close()
+			return d.Allowed
+		})
+	})
+	b.Run("ratethrottle-check-key", func(b *testing.B) {
+		lim, err := New(keyedBenchLimits())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer lim.Close()
+		runParallelKeyed(b, func(k string) bool { return lim.CheckKey(k, 64).Allowed })
+	})
+	b.Run("mutex-map-x-time-rate", func(b *testing.B) {
+		mm := &mutexMap{m: map[string]*rate.Limiter{}}
+		for _, k := range keys() {
+			mm.allow(k)
+		}
+		runParallelKeyed(b, mm.allow)
+	})
+}

@@ -1,0 +1,345 @@
+package ratethrottle
+
+// The cgo boundary. Everything that names C lives in this file; the rest of
+// the package works with Go types only.
+//
+// Linking: the static library is found in ../../target/release (what `make
+// lib` builds). With a different CARGO_TARGET_DIR, put its release directory
+// first on the search path: CGO_LDFLAGS="-L$CARGO_TARGET_DIR/release"
+// (flags from CGO_LDFLAGS come before these, so they win). -l: names the .a
+// file so the shared library next to it is never picked up instead.
+// `go generate` (or `make lib` at the root) builds the library.
+
+//go:generate sh -c "cd ../.. && cargo build --release --lib"
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../include
+#cgo LDFLAGS: -L${SRCDIR}/../../target/release -l:libratethrottle.a -lm -ldl -lpthread
+#cgo noescape rtg_connect
+#cgo nocallback rtg_connect
+#cgo noescape rtg_connect_at
+#cgo nocallback rtg_connect_at
+#cgo noescape rt_check_key
+#cgo nocallback rt_check_key
+#cgo noescape rt_check_key_at
+#cgo nocallback rt_check_key_at
+#cgo nocallback rt_check_message
+#cgo nocallback rt_check_message_at
+#cgo nocallback rt_disconnect
+#cgo noescape rt_client_connections
+#cgo nocallback rt_client_connections
+#cgo nocallback rtg_empty
+
+#include <stdint.h>
+#include <stdlib.h>
+#include "ratethrottle.h"
+
+// rt_connect's decision and handle in one value, so that no Go pointer is
+// passed for the out-parameter (which would make it escape to the heap).
+typedef struct {
+	rt_decision d;
+	rt_conn conn;
+} rtg_connect_result;
+
+static inline rtg_connect_result rtg_connect(rt_limiter *lim, const uint8_t *id, size_t len) {
+	rtg_connect_result r;
+	r.conn = 0;
+	r.d = rt_connect(lim, id, len, &r.conn);
+	return r;
+}
+
+static inline rtg_connect_result rtg_connect_at(rt_limiter *lim, const uint8_t *id, size_t len, uint64_t now_ms) {
+	rtg_connect_result r;
+	r.conn = 0;
+	r.d = rt_connect_at(lim, id, len, now_ms, &r.conn);
+	return r;
+}
+
+// The empty C function the benchmarks compare against.
+static inline void rtg_empty(void) {}
+*/
+import "C"
+
+import (
+	"time"
+	"unsafe"
+)
+
+// cLimiter is the C handle type, named so other files need not import "C".
+type cLimiter = C.rt_limiter
+
+func emptyCgo() { C.rtg_empty() }
+
+// idPtr gives the (pointer, length) pair of an id. An empty string may give
+// a nil pointer: (NULL, 0) is the valid empty id of the C ABI.
+func idPtr(s string) (*C.uint8_t, C.size_t) {
+	return (*C.uint8_t)(unsafe.Pointer(unsafe.StringData(s))), C.size_t(len(s))
+}
+
+func idPtrBytes(b []byte) (*C.uint8_t, C.size_t) {
+	return (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b))), C.size_t(len(b))
+}
+
+func decisionFromC(d C.rt_decision) Decision {
+	return Decision{
+		Allowed:    bool(d.allowed),
+		Reason:     Reason(d.reason),
+		RetryAfter: retryAfter(uint64(d.retry_after_ms)),
+		Limit:      uint64(d.limit),
+		Remaining:  uint64(d.remaining),
+		Current:    uint64(d.current),
+	}
+}
+
+func retryAfter(ms uint64) time.Duration {
+	if ms > uint64(RetryNever/time.Millisecond) {
+		return RetryNever
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+func limitsToC(l Limits) C.rt_limits {
+	var c C.rt_limits
+	C.rt_limits_default(&c)
+	c.window_ms = C.uint32_t(l.WindowMs)
+	c.connections_per_window = C.uint32_t(l.ConnectionsPerWindow)
+	c.max_concurrent_connections = C.uint32_t(l.MaxConcurrentConnections)
+	c.messages_per_window = C.uint32_t(l.MessagesPerWindow)
+	c.bytes_per_window = C.uint64_t(l.BytesPerWindow)
+	c.max_message_size = C.uint32_t(l.MaxMessageSize)
+	c.client_messages_per_window = C.uint32_t(l.ClientMessagesPerWindow)
+	c.client_bytes_per_window = C.uint64_t(l.ClientBytesPerWindow)
+	c.max_clients = C.uint32_t(l.MaxClients)
+	c.max_connections = C.uint32_t(l.MaxConnections)
+	var flags uint32
+	if l.FailOpen {
+		flags |= C.RT_FLAG_FAIL_OPEN
+	}
+	if l.DryRun {
+		flags |= C.RT_FLAG_DRY_RUN
+	}
+	c.flags = C.uint32_t(flags)
+	return c
+}
+
+func limitsFromC(c *C.rt_limits) Limits {
+	return Limits{
+		WindowMs:                 uint32(c.window_ms),
+		ConnectionsPerWindow:     uint32(c.connections_per_window),
+		MaxConcurrentConnections: uint32(c.max_concurrent_connections),
+		MessagesPerWindow:        uint32(c.messages_per_window),
+		BytesPerWindow:           uint64(c.bytes_per_window),
+		MaxMessageSize:           uint32(c.max_message_size),
+		ClientMessagesPerWindow:  uint32(c.client_messages_per_window),
+		ClientBytesPerWindow:     uint64(c.client_bytes_per_window),
+		MaxClients:               uint32(c.max_clients),
+		MaxConnections:           uint32(c.max_connections),
+		FailOpen:                 c.flags&C.RT_FLAG_FAIL_OPEN != 0,
+		DryRun:                   c.flags&C.RT_FLAG_DRY_RUN != 0,
+	}
+}
+
+func defaultLimits() Limits {
+	var c C.rt_limits
+	C.rt_limits_default(&c)
+	return limitsFromC(&c)
+}
+
+// validateLimits returns nil or the engine's message naming the bad field.
+func validateLimits(l Limits) error {
+	c := limitsToC(l)
+	if st := C.rt_limits_validate(&c); st == C.RT_STATUS_OK {
+		return nil
+	} else {
+		return &LimitsError{Status: statusString(uint32(st)), Message: limitsMessage(&c)}
+	}
+}
+
+func limitsMessage(c *C.rt_limits) string {
+	n := C.rt_limits_error(c, nil, 0)
+	buf := make([]byte, int(n)+1)
+	C.rt_limits_error(c, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)))
+	return string(buf[:n])
+}
+
+func statusString(st uint32) string { return C.GoString(C.rt_status_str(C.rt_status(st))) }
+
+func reasonString(r uint32) string { return C.GoString(C.rt_reason_str(C.rt_reason(r))) }
+
+func violationTypeString(r uint32) string {
+	return C.GoString(C.rt_violation_type_str(C.rt_reason(r)))
+}
+
+func engineVersion() string { return C.GoString(C.rt_version()) }
+
+func regionSize(l Limits) int {
+	c := limitsToC(l)
+	return int(C.rt_region_size(&c))
+}
+
+func cNew(l Limits) (*C.rt_limiter, uint32) {
+	c := limitsToC(l)
+	var p *C.rt_limiter
+	st := C.rt_limiter_new(&c, &p)
+	return p, uint32(st)
+}
+
+func cInitIn(mem []byte, l Limits) (*C.rt_limiter, uint32) {
+	c := limitsToC(l)
+	var p *C.rt_limiter
+	st := C.rt_limiter_init_in(unsafe.Pointer(&mem[0]), C.size_t(len(mem)), &c, &p)
+	return p, uint32(st)
+}
+
+func cAttach(mem []byte) (*C.rt_limiter, uint32) {
+	var p *C.rt_limiter
+	st := C.rt_limiter_attach(unsafe.Pointer(&mem[0]), C.size_t(len(mem)), &p)
+	return p, uint32(st)
+}
+
+func cFree(p *C.rt_limiter) { C.rt_limiter_free(p) }
+
+func cUpdateLimits(p *C.rt_limiter, l Limits) (uint32, string) {
+	c := limitsToC(l)
+	st := C.rt_limiter_update_limits(p, &c)
+	if st == C.RT_STATUS_INVALID_LIMITS {
+		return uint32(st), limitsMessage(&c)
+	}
+	return uint32(st), ""
+}
+
+func cReapDead(p *C.rt_limiter) int { return int(C.rt_reap_dead(p)) }
+
+func cConnect(p *C.rt_limiter, id *C.uint8_t, n C.size_t) (Decision, uint64) {
+	r := C.rtg_connect(p, id, n)
+	return decisionFromC(r.d), uint64(r.conn)
+}
+
+func cConnectAt(p *C.rt_limiter, id *C.uint8_t, n C.size_t, nowMs uint64) (Decision, uint64) {
+	r := C.rtg_connect_at(p, id, n, C.uint64_t(nowMs))
+	return decisionFromC(r.d), uint64(r.conn)
+}
+
+func cDisconnect(p *C.rt_limiter, h uint64) { C.rt_disconnect(p, C.rt_conn(h)) }
+
+func cCheckMessage(p *C.rt_limiter, h uint64, size uint64) Decision {
+	return decisionFromC(C.rt_check_message(p, C.rt_conn(h), C.uint64_t(size)))
+}
+
+func cCheckMessageAt(p *C.rt_limiter, h uint64, size, nowMs uint64) Decision {
+	return decisionFromC(C.rt_check_message_at(p, C.rt_conn(h), C.uint64_t(size), C.uint64_t(nowMs)))
+}
+
+func cCheckKey(p *C.rt_limiter, k *C.uint8_t, n C.size_t, size uint64) Decision {
+	return decisionFromC(C.rt_check_key(p, k, n, C.uint64_t(size)))
+}
+
+func cCheckKeyAt(p *C.rt_limiter, k *C.uint8_t, n C.size_t, size, nowMs uint64) Decision {
+	return decisionFromC(C.rt_check_key_at(p, k, n, C.uint64_t(size), C.uint64_t(nowMs)))
+}
+
+func cClientConnections(p *C.rt_limiter, id *C.uint8_t, n C.size_t) int {
+	return int(C.rt_client_connections(p, id, n))
+}
+
+func cStats(p *C.rt_limiter) (Stats, uint32) {
+	var s C.rt_stats
+	s.struct_size = C.uint32_t(unsafe.Sizeof(s))
+	if st := C.rt_limiter_stats(p, &s); st != C.RT_STATUS_OK {
+		return Stats{}, uint32(st)
+	}
+	out := Stats{
+		ActiveConnections:  uint64(s.active_connections),
+		UniqueClients:      uint64(s.unique_clients),
+		TotalMessages:      uint64(s.total_messages),
+		TotalBytes:         uint64(s.total_bytes),
+		ConnectionsAllowed: uint64(s.connections_allowed),
+		MessagesAllowed:    uint64(s.messages_allowed),
+		TrackedClients:     uint64(s.tracked_clients),
+		MaxClients:         uint64(s.max_clients),
+		MaxConnections:     uint64(s.max_connections),
+		ViolationsDropped:  uint64(s.violations_dropped),
+		DryRunDenied:       uint64(s.dry_run_denied),
+		UntrackedAllowed:   uint64(s.untracked_allowed),
+		Limits:             limitsFromC(&s.limits),
+	}
+	for i := range out.Denied {
+		out.Denied[i] = uint64(s.denied[i])
+	}
+	return out, C.RT_STATUS_OK
+}
+
+func cConnectionInfo(p *C.rt_limiter, h uint64) (ConnectionInfo, uint32) {
+	var ci C.rt_connection_info
+	ci.struct_size = C.uint32_t(unsafe.Sizeof(ci))
+	if st := C.rt_limiter_connection_info(p, C.rt_conn(h), &ci); st != C.RT_STATUS_OK {
+		return ConnectionInfo{}, uint32(st)
+	}
+	n := min(int(ci.client_id_len), len(ci.client_id))
+	return ConnectionInfo{
+		ClientID:      C.GoBytes(unsafe.Pointer(&ci.client_id[0]), C.int(n)),
+		ClientIDLen:   int(ci.client_id_len),
+		ConnectedAtMs: uint64(ci.connected_at_ms),
+		LastMessageMs: uint64(ci.last_message_at_ms),
+		MessageCount:  uint64(ci.message_count),
+		ByteCount:     uint64(ci.byte_count),
+	}, C.RT_STATUS_OK
+}
+
+func cPrometheus(p *C.rt_limiter) []byte {
+	n := int(C.rt_stats_prometheus(p, nil, 0))
+	for n > 0 {
+		buf := make([]byte, n+256) // slack: counters may grow between the calls
+		got := int(C.rt_stats_prometheus(p, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf))))
+		if got < len(buf) {
+			return buf[:got]
+		}
+		n = got
+	}
+	return nil
+}
+
+const violationBatch = 64
+
+type cViolationBuf [violationBatch]C.rt_violation
+
+func cDrainViolations(p *C.rt_limiter, buf *cViolationBuf, out []Violation) []Violation {
+	n := int(C.rt_drain_violations(p, &buf[0], C.size_t(len(buf))))
+	for i := 0; i < n; i++ {
+		v := &buf[i]
+		idn := min(int(v.client_id_len), len(v.client_id))
+		out = append(out, Violation{
+			Reason:      Reason(v.reason),
+			ClientID:    C.GoBytes(unsafe.Pointer(&v.client_id[0]), C.int(idn)),
+			ClientIDLen: int(v.client_id_len),
+			ConnID:      uint64(v.conn),
+			Limit:       uint64(v.limit),
+			Current:     uint64(v.current),
+			Size:        uint64(v.size),
+			RetryAfter:  retryAfter(uint64(v.retry_after_ms)),
+			AtMs:        uint64(v.at_ms),
+		})
+	}
+	return out
+}
+
+// Status values the package tests against (the ABI fixes them for ever).
+const (
+	statusOK                 = C.RT_STATUS_OK
+	statusInvalidLimits      = C.RT_STATUS_INVALID_LIMITS
+	statusIncompatibleRegion = C.RT_STATUS_INCOMPATIBLE_REGION
+	statusUnknownConnection  = C.RT_STATUS_UNKNOWN_CONNECTION
+	retryNeverMs             = uint64(C.RT_RETRY_NEVER)
+	reasonCount              = int(C.RT_REASON_COUNT)
+	statusRegionTooSmall     = C.RT_STATUS_REGION_TOO_SMALL
+	cReasonConnectionRate    = C.RT_CONNECTION_RATE
+	cReasonConcurrent        = C.RT_CONCURRENT_CONNECTIONS
+	cReasonMessageTooLarge   = C.RT_MESSAGE_TOO_LARGE
+	cReasonMessageRate       = C.RT_MESSAGE_RATE
+	cReasonBandwidth         = C.RT_BANDWIDTH
+	cReasonClientMessageRate = C.RT_CLIENT_MESSAGE_RATE
+	cReasonClientBandwidth   = C.RT_CLIENT_BANDWIDTH
+	cReasonTableFull         = C.RT_TABLE_FULL
+	cReasonUnknownConnection = C.RT_UNKNOWN_CONNECTION
+	cReasonInvalidArgument   = C.RT_INVALID_ARGUMENT
+)

@@ -1,0 +1,114 @@
+package ratethrottle
+
+import (
+	"fmt"
+	"runtime"
+	"sync/atomic"
+)
+
+// Conn is one connection opened by Limiter.Connect. Close it when the
+// socket closes, however it closes (the middleware does it for you). Its
+// methods are safe for concurrent use; a nil *Conn (or a zero Conn{}) is
+// refused with ErrNilConn.
+type Conn struct {
+	lim *Limiter
+	h   atomic.Uint64 // the engine handle; 0 once closed
+}
+
+// Limiter is the limiter that opened c.
+func (c *Conn) Limiter() *Limiter {
+	if c == nil {
+		return nil
+	}
+	return c.lim
+}
+
+// ID is the engine's handle (as in Violation.ConnID); 0 once closed.
+func (c *Conn) ID() uint64 {
+	if c == nil {
+		return 0
+	}
+	return c.h.Load()
+}
+
+// CheckMessage checks one message of size bytes: size (MaxMessageSize), the
+// connection's messages and bytes per window, then its client's. An allowed
+// message is counted against every limit, a denied one against none. A
+// negative size is refused (ErrNegativeSize) before the engine is called;
+// after Close the engine answers ReasonUnknownConnection.
+func (c *Conn) CheckMessage(size int) Decision {
+	if c == nil || c.lim == nil {
+		return refused(ErrNilConn)
+	}
+	if size < 0 {
+		return refused(ErrNegativeSize)
+	}
+	l := c.lim
+	g := l.enter()
+	if g == nil {
+		return refused(ErrClosed)
+	}
+	d := cCheckMessage(l.ptr, c.h.Load(), uint64(size))
+	l.leave(g)
+	return d
+}
+
+// CheckMessageAt is CheckMessage with the caller's clock in ms.
+func (c *Conn) CheckMessageAt(size int, nowMs uint64) Decision {
+	if c == nil || c.lim == nil {
+		return refused(ErrNilConn)
+	}
+	if size < 0 {
+		return refused(ErrNegativeSize)
+	}
+	l := c.lim
+	g := l.enter()
+	if g == nil {
+		return refused(ErrClosed)
+	}
+	d := cCheckMessageAt(l.ptr, c.h.Load(), uint64(size), nowMs)
+	l.leave(g)
+	return d
+}
+
+// Close frees the connection's concurrency slot. Idempotent; closing after
+// the Limiter was closed does nothing.
+func (c *Conn) Close() error {
+	if c == nil || c.lim == nil {
+		return nil
+	}
+	h := c.h.Swap(0)
+	if h == 0 {
+		return nil
+	}
+	l := c.lim
+	g := l.enter()
+	if g == nil {
+		return nil
+	}
+	cDisconnect(l.ptr, h)
+	l.leave(g)
+	return nil
+}
+
+// Info is Limiter.ConnectionInfo(c).
+func (c *Conn) Info() (ConnectionInfo, error) {
+	if c == nil || c.lim == nil {
+		return ConnectionInfo{}, ErrNilConn
+	}
+	l := c.lim
+	g := l.enter()
+	if g == nil {
+		return ConnectionInfo{}, ErrClosed
+	}
+	ci, st := cConnectionInfo(l.ptr, c.h.Load())
+	l.leave(g)
+	runtime.KeepAlive(c)
+	switch st {
+	case statusOK:
+		return ci, nil
+	case statusUnknownConnection:
+		return ConnectionInfo{}, ErrUnknownConn
+	}
+	return ConnectionInfo{}, fmt.Errorf("ratethrottle: rt_limiter_connection_info: %s", statusString(st))
+}

@@ -1,0 +1,362 @@
+package ratethrottle
+
+import (
+	"fmt"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// Limiter is a rate limiter: a handle on an engine region, on the heap (New)
+// or in a shared-memory file (NewShared). All methods are safe for
+// concurrent use. Close releases it; a finalizer closes a Limiter that
+// becomes unreachable without Close, as a safety net only.
+//
+// Calls in flight are counted so that Close can wait for them before the
+// engine handle is freed: a call racing Close either completes normally or
+// is refused with ErrClosed, never touches freed memory.
+type Limiter struct {
+	ptr    *cLimiter
+	closed atomic.Bool
+	// inflight counts the calls inside the engine, spread over padded shards
+	// so that goroutines on different CPUs do not bounce one cache line.
+	// A call increments a shard, then reads closed; Close sets closed, then
+	// waits for every shard to reach 0. Go's atomics are sequentially
+	// consistent, so either the call sees closed and backs out, or Close
+	// sees its increment and waits for it.
+	_         [64]byte // keeps ptr and closed (read by every call) off the shards' lines
+	inflight  [inflightShards]inflightShard
+	closeOnce sync.Once
+	mem       []byte // the mapping of a shared region (nil on the heap)
+	path      string // the shared region's file, for messages
+
+	violationsDropped atomic.Uint64 // records a watcher could not deliver
+}
+
+const inflightShards = 8
+
+type inflightShard struct {
+	n atomic.Int64
+	_ [56]byte // one 64-byte cache line per shard
+}
+
+// enter registers a call in flight and returns its shard, or nil when the
+// limiter is closed (or nil). The shard is picked from the address of the
+// caller's stack, which differs between goroutines: only a heuristic for
+// spreading, correctness does not depend on it.
+func (l *Limiter) enter() *atomic.Int64 {
+	if l == nil {
+		return nil
+	}
+	var marker byte
+	s := &l.inflight[(uintptr(unsafe.Pointer(&marker))>>13)%inflightShards].n
+	s.Add(1)
+	if l.closed.Load() {
+		s.Add(-1)
+		return nil
+	}
+	return s
+}
+
+func (l *Limiter) leave(s *atomic.Int64) { s.Add(-1) }
+
+func (l *Limiter) busy() bool {
+	for i := range l.inflight {
+		if l.inflight[i].n.Load() != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// New creates a limiter whose state lives on the heap. Invalid limits give a
+// *LimitsError naming the field (from the engine).
+func New(limits Limits) (*Limiter, error) {
+	if err := validateLimits(limits); err != nil {
+		return nil, err
+	}
+	p, st := cNew(limits)
+	if st != statusOK {
+		return nil, fmt.Errorf("ratethrottle: rt_limiter_new: %s", statusString(st))
+	}
+	return newLimiter(p, nil, ""), nil
+}
+
+func newLimiter(p *cLimiter, mem []byte, path string) *Limiter {
+	l := &Limiter{ptr: p, mem: mem, path: path}
+	runtime.SetFinalizer(l, (*Limiter).Close)
+	return l
+}
+
+// Close waits for calls in flight, then frees the engine handle (and
+// unmaps a shared region; the file stays, and other processes keep using
+// it). It is idempotent and always returns nil. After Close, decisions are
+// denied with ReasonInvalidArgument and Err() == ErrClosed, and methods
+// returning an error return ErrClosed.
+func (l *Limiter) Close() error {
+	if l == nil {
+		return nil
+	}
+	l.closeOnce.Do(func() {
+		runtime.SetFinalizer(l, nil)
+		l.closed.Store(true)
+		for spins := 0; l.busy(); spins++ {
+			if spins < 100 {
+				runtime.Gosched()
+			} else {
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+		cFree(l.ptr)
+		l.ptr = nil
+		if l.mem != nil {
+			_ = syscall.Munmap(l.mem)
+			l.mem = nil
+		}
+	})
+	return nil
+}
+
+// Connect opens a connection of clientID if the limits allow it: table
+// capacity, the client's live connections, then its new connections per
+// window, decided and registered as one atomic step. Any string is an id,
+// including "" and strings with NUL bytes or invalid UTF-8 (compared as
+// bytes). The Conn is nil when denied; when allowed the caller must Close it.
+func (l *Limiter) Connect(clientID string) (*Conn, Decision) {
+	g := l.enter()
+	if g == nil {
+		return nil, refused(ErrClosed)
+	}
+	p, n := idPtr(clientID)
+	d, h := cConnect(l.ptr, p, n)
+	l.leave(g)
+	runtime.KeepAlive(clientID)
+	return l.conn(d, h)
+}
+
+// ConnectAt is Connect with the caller's monotonic clock in ms (a fake clock
+// in tests, or a host's own). Use one clock consistently for one limiter.
+func (l *Limiter) ConnectAt(clientID string, nowMs uint64) (*Conn, Decision) {
+	g := l.enter()
+	if g == nil {
+		return nil, refused(ErrClosed)
+	}
+	p, n := idPtr(clientID)
+	d, h := cConnectAt(l.ptr, p, n, nowMs)
+	l.leave(g)
+	runtime.KeepAlive(clientID)
+	return l.conn(d, h)
+}
+
+// ConnectBytes is Connect with a []byte id; nil and empty are the empty id.
+func (l *Limiter) ConnectBytes(clientID []byte) (*Conn, Decision) {
+	g := l.enter()
+	if g == nil {
+		return nil, refused(ErrClosed)
+	}
+	p, n := idPtrBytes(clientID)
+	d, h := cConnect(l.ptr, p, n)
+	l.leave(g)
+	runtime.KeepAlive(clientID)
+	return l.conn(d, h)
+}
+
+func (l *Limiter) conn(d Decision, h uint64) (*Conn, Decision) {
+	if !d.Allowed || h == 0 {
+		// h == 0 while allowed: fail-open with even the connection slab
+		// full. The connect is allowed untracked and there is nothing to close.
+		return nil, d
+	}
+	c := &Conn{lim: l}
+	c.h.Store(h)
+	return c, d
+}
+
+// CheckKey checks one message of size bytes against a key's aggregate limits
+// (ClientMessagesPerWindow, ClientBytesPerWindow): a room, a channel, a user.
+// Keys and client ids share one table: prefix keys that could collide
+// ("room:lobby"). A negative size is refused (ErrNegativeSize).
+func (l *Limiter) CheckKey(key string, size int) Decision {
+	if size < 0 {
+		return refused(ErrNegativeSize)
+	}
+	g := l.enter()
+	if g == nil {
+		return refused(ErrClosed)
+	}
+	p, n := idPtr(key)
+	d := cCheckKey(l.ptr, p, n, uint64(size))
+	l.leave(g)
+	runtime.KeepAlive(key)
+	return d
+}
+
+// CheckKeyAt is CheckKey with the caller's clock.
+func (l *Limiter) CheckKeyAt(key string, size int, nowMs uint64) Decision {
+	if size < 0 {
+		return refused(ErrNegativeSize)
+	}
+	g := l.enter()
+	if g == nil {
+		return refused(ErrClosed)
+	}
+	p, n := idPtr(key)
+	d := cCheckKeyAt(l.ptr, p, n, uint64(size), nowMs)
+	l.leave(g)
+	runtime.KeepAlive(key)
+	return d
+}
+
+// CheckKeyBytes is CheckKey with a []byte key; nil and empty are the empty key.
+func (l *Limiter) CheckKeyBytes(key []byte, size int) Decision {
+	if size < 0 {
+		return refused(ErrNegativeSize)
+	}
+	g := l.enter()
+	if g == nil {
+		return refused(ErrClosed)
+	}
+	p, n := idPtrBytes(key)
+	d := cCheckKey(l.ptr, p, n, uint64(size))
+	l.leave(g)
+	runtime.KeepAlive(key)
+	return d
+}
+
+// ClientConnections is the number of live connections of clientID (0 when
+// unknown or after Close).
+func (l *Limiter) ClientConnections(clientID string) int {
+	g := l.enter()
+	if g == nil {
+		return 0
+	}
+	p, n := idPtr(clientID)
+	c := cClientConnections(l.ptr, p, n)
+	l.leave(g)
+	runtime.KeepAlive(clientID)
+	return c
+}
+
+// Stats is a snapshot of the statistics: totals since the region was
+// created, over every process attached to it.
+type Stats struct {
+	ActiveConnections  uint64              // live connections
+	UniqueClients      uint64              // clients with at least one live connection
+	TotalMessages      uint64              // allowed messages on connections
+	TotalBytes         uint64              // their bytes
+	ConnectionsAllowed uint64              // allowed connects (with untracked and dry-run ones)
+	MessagesAllowed    uint64              // allowed CheckMessage plus allowed CheckKey calls
+	Denied             [ReasonCount]uint64 // denials by reason, indexed by Reason
+	TrackedClients     uint64              // clients and keys holding a table slot
+	MaxClients         uint64              // client table capacity
+	MaxConnections     uint64              // connection slab capacity
+	ViolationsDropped  uint64              // violation records dropped because the engine's ring was full
+	DryRunDenied       uint64              // requests a dry-run limiter would have denied
+	UntrackedAllowed   uint64              // fail-open connects allowed untracked
+	Limits             Limits              // the limits in force
+}
+
+// Stats reads the statistics. It scans every slot (O(capacity)): call it
+// from a metrics path, not per message.
+func (l *Limiter) Stats() (Stats, error) {
+	g := l.enter()
+	if g == nil {
+		return Stats{}, ErrClosed
+	}
+	s, st := cStats(l.ptr)
+	l.leave(g)
+	if st != statusOK {
+		return Stats{}, fmt.Errorf("ratethrottle: rt_limiter_stats: %s", statusString(st))
+	}
+	return s, nil
+}
+
+// Limits returns the limits in force (read from the region, so it sees
+// updates made by other processes).
+func (l *Limiter) Limits() (Limits, error) {
+	s, err := l.Stats()
+	return s.Limits, err
+}
+
+// UpdateLimits changes rates, sizes, window and flags at run time; every
+// goroutine and every process attached to the region uses them from its next
+// check. MaxClients and MaxConnections cannot change.
+func (l *Limiter) UpdateLimits(limits Limits) error {
+	g := l.enter()
+	if g == nil {
+		return ErrClosed
+	}
+	st, msg := cUpdateLimits(l.ptr, limits)
+	l.leave(g)
+	switch st {
+	case statusOK:
+		return nil
+	case statusInvalidLimits:
+		return &LimitsError{Status: statusString(st), Message: msg}
+	}
+	return fmt.Errorf("ratethrottle: rt_limiter_update_limits: %s (capacities cannot change)", statusString(st))
+}
+
+// ReapDead frees the connections of processes that no longer exist (a
+// crashed process sharing the region) and returns how many. NewShared calls
+// it when it attaches.
+func (l *Limiter) ReapDead() int {
+	g := l.enter()
+	if g == nil {
+		return 0
+	}
+	n := cReapDead(l.ptr)
+	l.leave(g)
+	return n
+}
+
+// Prometheus renders the statistics in the Prometheus text format (0.0.4).
+func (l *Limiter) Prometheus() ([]byte, error) {
+	g := l.enter()
+	if g == nil {
+		return nil, ErrClosed
+	}
+	b := cPrometheus(l.ptr)
+	l.leave(g)
+	return b, nil
+}
+
+// MetricsHandler serves Prometheus() as text/plain; version=0.0.4. After
+// Close it answers 503.
+func (l *Limiter) MetricsHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := l.Prometheus()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		_, _ = w.Write(b)
+	})
+}
+
+// ConnectionInfo is what the engine knows of one live connection.
+type ConnectionInfo struct {
+	ClientID      []byte // the first 40 bytes of the client id
+	ClientIDLen   int    // the id's full length (0 for an untracked fail-open connection)
+	ConnectedAtMs uint64 // the limiter's clock (ms) at connect
+	LastMessageMs uint64 // the limiter's clock at the last allowed message
+	MessageCount  uint64 // allowed messages
+	ByteCount     uint64 // their bytes
+}
+
+// ConnectionInfo reports on c. Errors: ErrNilConn, ErrForeignConn (c was
+// opened by another Limiter), ErrClosed, ErrUnknownConn (c is closed).
+func (l *Limiter) ConnectionInfo(c *Conn) (ConnectionInfo, error) {
+	if c == nil {
+		return ConnectionInfo{}, ErrNilConn
+	}
+	if c.lim != l {
+		return ConnectionInfo{}, ErrForeignConn
+	}
+	return c.Info()
+}

@@ -1,0 +1,212 @@
+package ratethrottle
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The child half of the two-process tests: the test binary re-executed with
+// RT_GO_SHARED_CHILD set. It attaches to the region, opens 2 connections of
+// "shared-client" and checks 3 messages against "room:shared", prints what
+// the engine answered, then holds its connections until its stdin closes and
+// exits without closing them (a crashed worker, for ReapDead).
+func sharedChild(path string) {
+	lim, err := AttachShared(path)
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
+	var held []*Conn
+	for i := 0; i < 2; i++ {
+		c, d := lim.Connect("shared-client")
+		if c != nil {
+			held = append(held, c)
+		}
+		fmt.Println("connect", d.Allowed, d.Reason)
+	}
+	for i := 0; i < 3; i++ {
+		d := lim.CheckKey("room:shared", 1)
+		fmt.Println("key", d.Allowed, d.Reason)
+	}
+	fmt.Println("ready", len(held))
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	os.Exit(0) // connections deliberately left open
+}
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv("RT_GO_SHARED_CHILD"); path != "" {
+		sharedChild(path)
+	}
+	os.Exit(m.Run())
+}
+
+func shmPath(t *testing.T, name string) string {
+	dir := "/dev/shm"
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		dir = t.TempDir()
+	}
+	p := filepath.Join(dir, fmt.Sprintf("ratethrottle-go-test-%d-%s", os.Getpid(), name))
+	os.Remove(p)
+	t.Cleanup(func() { os.Remove(p) })
+	return p
+}
+
+func TestSharedRegionAcrossProcesses(t *testing.T) {
+	path := shmPath(t, "two-procs")
+	l := DefaultLimits()
+	l.MaxClients, l.MaxConnections = 256, 256
+	l.MaxConcurrentConnections = 3
+	l.ClientMessagesPerWindow = 5
+	l.WindowMs = 1<<32 - 1 // no window boundary can pass during the test
+	parent, err := NewShared(path, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer parent.Close()
+	a, _ := parent.Connect("shared-client")
+	b, _ := parent.Connect("shared-client")
+	if a == nil || b == nil {
+		t.Fatal("parent could not connect")
+	}
+	for i := 0; i < 3; i++ {
+		if d := parent.CheckKey("room:shared", 1); !d.Allowed {
+			t.Fatalf("parent key %d: %+v", i, d)
+		}
+	}
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "RT_GO_SHARED_CHILD="+path)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	// Read the child's report; bounded, so a stuck child fails the test.
+	lineCh := make(chan string)
+	go func() {
+		defer close(lineCh)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lineCh <- sc.Text()
+		}
+	}()
+	var lines []string
+	timeout := time.After(60 * time.Second)
+read:
+	for {
+		select {
+		case line, ok := <-lineCh:
+			if !ok {
+				break read
+			}
+			lines = append(lines, line)
+			if strings.HasPrefix(line, "ready") || strings.HasPrefix(line, "error") {
+				break read
+			}
+		case <-timeout:
+			cmd.Process.Kill()
+			t.Fatalf("child did not report in 60 s; got %q", lines)
+		}
+	}
+	want := []string{
+		"connect true ok", "connect false too_many_connections",
+		"key true ok", "key true ok", "key false client_rate_limit_exceeded",
+		"ready 1",
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("child saw:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	// The child's connection counts here too.
+	if n := parent.ClientConnections("shared-client"); n != 3 {
+		t.Fatalf("parent sees %d connections, want 3", n)
+	}
+	if _, d := parent.Connect("shared-client"); d.Reason != ReasonConcurrentConnections {
+		t.Fatalf("parent's 3rd connect: %+v", d)
+	}
+	// The child dies holding its connection; ReapDead frees it.
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	if n := parent.ReapDead(); n != 1 {
+		t.Fatalf("ReapDead = %d, want 1", n)
+	}
+	if n := parent.ClientConnections("shared-client"); n != 2 {
+		t.Fatalf("after reaping: %d connections", n)
+	}
+	a.Close()
+	b.Close()
+	s, _ := parent.Stats()
+	if s.ActiveConnections != 0 || s.Denied[ReasonConcurrentConnections] != 2 || s.Denied[ReasonClientMessageRate] != 1 {
+		t.Fatalf("shared stats: %+v", s)
+	}
+}
+
+func TestSharedAttachSameProcessAndErrors(t *testing.T) {
+	path := shmPath(t, "attach")
+	if _, err := AttachShared(path); err == nil {
+		t.Fatal("attached a missing file")
+	}
+	l := testLimits()
+	l.MaxConcurrentConnections = 1
+	one, err := NewShared(path, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	if one.SharedPath() != path {
+		t.Fatal(one.SharedPath())
+	}
+	other := testLimits()
+	other.MaxConcurrentConnections = 9 // ignored: the region's limits win
+	two, err := NewShared(path, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mustConnect(t, one, "x", 0)
+	if _, d := two.ConnectAt("x", 0); d.Reason != ReasonConcurrentConnections {
+		t.Fatalf("second handle: %+v", d)
+	}
+	if _, err := two.ConnectionInfo(c); !errors.Is(err, ErrForeignConn) {
+		t.Fatalf("a Conn of another handle on the same region: %v", err)
+	}
+	two.Close()
+	two.Close()
+	if d := c.CheckMessageAt(1, 0); !d.Allowed {
+		t.Fatalf("closing one handle broke the other: %+v", d)
+	}
+
+	garbage := shmPath(t, "garbage")
+	junk := []byte(strings.Repeat("not a region ", 1000))
+	if err := os.WriteFile(garbage, junk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewShared(garbage, l); err == nil || !strings.Contains(err.Error(), "remove the file") {
+		t.Fatalf("garbage region: %v", err)
+	}
+	if got, _ := os.ReadFile(garbage); string(got) != string(junk) {
+		t.Fatal("a refused file was changed")
+	}
+	if _, err := NewShared(shmPath(t, "bad"), Limits{}); err == nil {
+		t.Fatal("invalid limits accepted")
+	}
+	empty := shmPath(t, "empty")
+	os.WriteFile(empty, nil, 0o600)
+	if _, err := AttachShared(empty); err == nil {
+		t.Fatal("attached an empty file")
+	}
+}
