@@ -22,7 +22,7 @@ demo: toolchain
 	$(CARGO) run --release --example demo
 
 ## Every check of every part (CI runs this through .ci/run).
-test: test-core test-loom test-c test-python test-node test-nginx test-nightly
+test: test-core test-loom test-c test-go test-python test-node test-nginx test-nightly
 	@echo "make test: all parts passed"
 
 ## Stable toolchain components the checks need.
