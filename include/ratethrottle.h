@@ -532,6 +532,37 @@ const char *rt_violation_type_str(rt_reason r);
 void rt_limits_default(struct rt_limits *out);
 
 /**
+ * Fills `*out` with the strict preset (public APIs): the defaults with
+ * 5 connections per window, 2 concurrent, 50 messages and 102400 bytes per
+ * window, 1024-byte messages. NULL does nothing. Thread-safe.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writes of `sizeof(rt_limits)` bytes.
+ */
+void rt_limits_strict(struct rt_limits *out);
+
+/**
+ * Fills `*out` with the moderate preset (chat): the defaults with
+ * 10 connections per window, 5 concurrent, 100 messages and 1048576 bytes
+ * per window, 10240-byte messages. NULL does nothing. Thread-safe.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writes of `sizeof(rt_limits)` bytes.
+ */
+void rt_limits_moderate(struct rt_limits *out);
+
+/**
+ * Fills `*out` with the generous preset (internal tools): the defaults
+ * with 50 connections per window, 20 concurrent, 1000 messages and
+ * 10485760 bytes per window, 65536-byte messages. NULL does nothing.
+ * Thread-safe.
+ *
+ * # Safety
+ * `out` must be NULL or valid for writes of `sizeof(rt_limits)` bytes.
+ */
+void rt_limits_generous(struct rt_limits *out);
+
+/**
  * Checks every field of `*l` (reading only `l->struct_size` bytes).
  *
  * Returns `RT_STATUS_OK`; `RT_STATUS_INVALID_LIMITS` when a limit is out of

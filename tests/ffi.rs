@@ -132,6 +132,32 @@ fn defaults_are_the_seeds() {
 }
 
 #[test]
+fn presets_are_the_engine_presets() {
+    type Fill = unsafe extern "C" fn(*mut rt_limits);
+    let presets: [(Fill, ratethrottle::Limits); 3] = [
+        (rt_limits_strict, ratethrottle::Limits::strict()),
+        (rt_limits_moderate, ratethrottle::Limits::moderate()),
+        (rt_limits_generous, ratethrottle::Limits::generous()),
+    ];
+    for (fill, want) in presets {
+        // SAFETY: an all-zero rt_limits is a valid value.
+        let mut l: rt_limits = unsafe { zeroed() };
+        // SAFETY: valid pointer; then NULL, which is allowed.
+        unsafe { fill(&mut l) };
+        unsafe { fill(null_mut()) };
+        assert_eq!(l.struct_size as usize, size_of::<rt_limits>());
+        assert_eq!(
+            (l.connections_per_window, l.max_concurrent_connections, l.messages_per_window),
+            (want.connections_per_window, want.max_concurrent_connections, want.messages_per_window)
+        );
+        assert_eq!((l.bytes_per_window, l.max_message_size), (want.bytes_per_window, want.max_message_size));
+        assert_eq!((l.window_ms, l.max_clients, l.flags), (60_000, 65_536, 0));
+        // SAFETY: valid pointer.
+        assert_eq!(unsafe { rt_limits_validate(&l) }, RT_STATUS_OK);
+    }
+}
+
+#[test]
 fn null_limits_everywhere() {
     let sentinel = std::ptr::NonNull::<rt_limiter>::dangling().as_ptr();
     let mut lim = sentinel;

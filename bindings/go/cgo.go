@@ -145,6 +145,23 @@ func defaultLimits() Limits {
 	return limitsFromC(&c)
 }
 
+// presetLimits returns one of the engine's presets (rt_limits_strict,
+// rt_limits_moderate, rt_limits_generous).
+func presetLimits(name string) Limits {
+	var c C.rt_limits
+	switch name {
+	case "strict":
+		C.rt_limits_strict(&c)
+	case "moderate":
+		C.rt_limits_moderate(&c)
+	case "generous":
+		C.rt_limits_generous(&c)
+	default:
+		panic("ratethrottle: unknown preset " + name)
+	}
+	return limitsFromC(&c)
+}
+
 // validateLimits returns nil or the engine's message naming the bad field.
 func validateLimits(l Limits) error {
 	c := limitsToC(l)

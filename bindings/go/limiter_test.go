@@ -100,6 +100,9 @@ func TestDefaultsAndValidation(t *testing.T) {
 		d.MaxClients != 65536 || d.MaxConnections != 65536 || d.FailOpen || d.DryRun {
 		t.Fatalf("defaults: %+v", d)
 	}
+	if s := StrictLimits(); s.ConnectionsPerWindow != 5 || s.MaxConcurrentConnections != 2 || s.MaxMessageSize != 1024 {
+		t.Fatalf("strict preset: %+v", s)
+	}
 	for _, p := range []Limits{StrictLimits(), ModerateLimits(), GenerousLimits()} {
 		if err := p.Validate(); err != nil {
 			t.Errorf("preset %+v: %v", p, err)

@@ -34,32 +34,17 @@ type Limits struct {
 func DefaultLimits() Limits { return defaultLimits() }
 
 // StrictLimits is the preset for APIs: 5 connections/min, 2 concurrent,
-// 50 messages/min, 100 KB/min, 1 KiB messages (the engine's Limits::strict).
-func StrictLimits() Limits {
-	l := DefaultLimits()
-	l.ConnectionsPerWindow, l.MaxConcurrentConnections = 5, 2
-	l.MessagesPerWindow, l.BytesPerWindow, l.MaxMessageSize = 50, 102_400, 1024
-	return l
-}
+// 50 messages/min, 100 KB/min, 1 KiB messages (rt_limits_strict).
+func StrictLimits() Limits { return presetLimits("strict") }
 
 // ModerateLimits is the preset for chat: 10 connections/min, 5 concurrent,
-// 100 messages/min, 1 MiB/min, 10 KiB messages (Limits::moderate).
-func ModerateLimits() Limits {
-	l := DefaultLimits()
-	l.ConnectionsPerWindow, l.MaxConcurrentConnections = 10, 5
-	l.MessagesPerWindow, l.BytesPerWindow, l.MaxMessageSize = 100, 1_048_576, 10_240
-	return l
-}
+// 100 messages/min, 1 MiB/min, 10 KiB messages (rt_limits_moderate).
+func ModerateLimits() Limits { return presetLimits("moderate") }
 
 // GenerousLimits is the preset for internal tools: 50 connections/min,
 // 20 concurrent, 1000 messages/min, 10 MiB/min, 64 KiB messages
-// (Limits::generous).
-func GenerousLimits() Limits {
-	l := DefaultLimits()
-	l.ConnectionsPerWindow, l.MaxConcurrentConnections = 50, 20
-	l.MessagesPerWindow, l.BytesPerWindow, l.MaxMessageSize = 1000, 10_485_760, 65_536
-	return l
-}
+// (rt_limits_generous).
+func GenerousLimits() Limits { return presetLimits("generous") }
 
 // Validate asks the engine whether l is acceptable; the error is a
 // *LimitsError naming the bad field and its allowed range.

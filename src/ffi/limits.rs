@@ -184,6 +184,22 @@ pub(crate) unsafe fn valid_limits(l: *const rt_limits) -> Result<Limits, Refusal
     Ok(limits)
 }
 
+/// Writes `limits` to `*out` (NULL does nothing).
+///
+/// # Safety
+/// `out` must be NULL or valid for writes of `sizeof(rt_limits)` bytes.
+unsafe fn write_limits(out: *mut rt_limits, limits: fn() -> Limits) {
+    boundary(
+        || (),
+        || {
+            if !out.is_null() {
+                // SAFETY: non-NULL and writable per the caller.
+                unsafe { out.write_unaligned(rt_limits::from(&limits())) };
+            }
+        },
+    )
+}
+
 /// Fills `*out` with the defaults (the seed's): 60000 ms windows,
 /// 60 connections per window, 10 concurrent connections, 1000 messages per
 /// window, bandwidth off, 65536-byte messages, client limits off, 65536
@@ -196,15 +212,45 @@ pub(crate) unsafe fn valid_limits(l: *const rt_limits) -> Result<Limits, Refusal
 /// `out` must be NULL or valid for writes of `sizeof(rt_limits)` bytes.
 #[no_mangle]
 pub unsafe extern "C" fn rt_limits_default(out: *mut rt_limits) {
-    boundary(
-        || (),
-        || {
-            if !out.is_null() {
-                // SAFETY: non-NULL and writable per the caller.
-                unsafe { out.write_unaligned(rt_limits::from(&Limits::default())) };
-            }
-        },
-    )
+    // SAFETY: forwarded from the caller.
+    unsafe { write_limits(out, Limits::default) }
+}
+
+/// Fills `*out` with the strict preset (public APIs): the defaults with
+/// 5 connections per window, 2 concurrent, 50 messages and 102400 bytes per
+/// window, 1024-byte messages. NULL does nothing. Thread-safe.
+///
+/// # Safety
+/// `out` must be NULL or valid for writes of `sizeof(rt_limits)` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rt_limits_strict(out: *mut rt_limits) {
+    // SAFETY: forwarded from the caller.
+    unsafe { write_limits(out, Limits::strict) }
+}
+
+/// Fills `*out` with the moderate preset (chat): the defaults with
+/// 10 connections per window, 5 concurrent, 100 messages and 1048576 bytes
+/// per window, 10240-byte messages. NULL does nothing. Thread-safe.
+///
+/// # Safety
+/// `out` must be NULL or valid for writes of `sizeof(rt_limits)` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rt_limits_moderate(out: *mut rt_limits) {
+    // SAFETY: forwarded from the caller.
+    unsafe { write_limits(out, Limits::moderate) }
+}
+
+/// Fills `*out` with the generous preset (internal tools): the defaults
+/// with 50 connections per window, 20 concurrent, 1000 messages and
+/// 10485760 bytes per window, 65536-byte messages. NULL does nothing.
+/// Thread-safe.
+///
+/// # Safety
+/// `out` must be NULL or valid for writes of `sizeof(rt_limits)` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rt_limits_generous(out: *mut rt_limits) {
+    // SAFETY: forwarded from the caller.
+    unsafe { write_limits(out, Limits::generous) }
 }
 
 /// Checks every field of `*l` (reading only `l->struct_size` bytes).
