@@ -183,7 +183,7 @@ enum Op {
     CheckConnection { lim: LimSel, id: Id, t: Time },
     Register { lim: LimSel, id: Id, null_out: u8 },
     Disconnect { lim: LimSel, h: Handle },
-    Message { lim: LimSel, h: Handle, size: Size, t: Time },
+    Message { lim: LimSel, h: Handle, size: Size, t: Time, part: Option<Part> },
     Key { lim: LimSel, key: Id, size: Size, t: Time },
     ClientConnections { lim: LimSel, id: Id },
     Info { lim: LimSel, h: Handle, size: u8, null_out: u8 },
@@ -204,7 +204,13 @@ impl<'a> Arbitrary<'a> for Op {
         let a = |u: &mut Unstructured<'a>| LimSel::arbitrary(u);
         Ok(match u.int_in_range(0u8..=63)? {
             0..=13 => Op::Connect { lim: a(u)?, id: u.arbitrary()?, t: u.arbitrary()?, null_out: u.arbitrary()? },
-            14..=29 => Op::Message { lim: a(u)?, h: u.arbitrary()?, size: u.arbitrary()?, t: u.arbitrary()? },
+            14..=29 => Op::Message {
+                lim: a(u)?,
+                h: u.arbitrary()?,
+                size: u.arbitrary()?,
+                t: u.arbitrary()?,
+                part: u.arbitrary()?,
+            },
             30..=37 => Op::Disconnect { lim: a(u)?, h: u.arbitrary()? },
             38..=43 => Op::Key { lim: a(u)?, key: u.arbitrary()?, size: u.arbitrary()?, t: u.arbitrary()? },
             44 | 45 => Op::CheckConnection { lim: a(u)?, id: u.arbitrary()?, t: u.arbitrary()? },
@@ -222,6 +228,15 @@ impl<'a> Arbitrary<'a> for Op {
             _ => Op::Strings { v: u.arbitrary()? },
         })
     }
+}
+
+/// `Op::Message`'s `part`: None for `rt_check_message`; Some for
+/// `rt_check_continuation`, with the bytes of the message before this part
+/// (`short`: a message size below the part's, which must be refused).
+#[derive(Debug, Clone, Arbitrary)]
+struct Part {
+    before: Size,
+    short: bool,
 }
 
 /// Counters the model expects in `rt_stats`.
@@ -951,22 +966,33 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
                 }
             }
         }
-        Op::Message { lim, h, size, t } => {
+        Op::Message { lim, h, size, t, part } => {
             let (p, slot) = w.lim(lim);
             let region = slot.map(|s| w.region_of(s));
             let h = w.pick_handle(h, region);
             let size = w.size(size, region);
+            // The whole message so far: this part's size for a new message.
+            let message_size = match &part {
+                None => size,
+                Some(Part { short: true, .. }) => size / 2,
+                Some(Part { before, .. }) => w.size(before.clone(), region).saturating_add(size),
+            };
             let now = match region {
                 Some(r) => w.time(t, r),
                 None => Some(w.now),
             };
-            // SAFETY: as above.
-            let d = unsafe {
-                match now {
-                    Some(now) => rt_check_message_at(p, h, size, now),
-                    None => rt_check_message(p, h, size),
+            let check = |lim: *mut rt_limiter, now: Option<u64>| {
+                // SAFETY: as above.
+                unsafe {
+                    match (now, part.is_some()) {
+                        (Some(now), false) => rt_check_message_at(lim, h, size, now),
+                        (None, false) => rt_check_message(lim, h, size),
+                        (Some(now), true) => rt_check_continuation_at(lim, h, size, message_size, now),
+                        (None, true) => rt_check_continuation(lim, h, size, message_size),
+                    }
                 }
             };
+            let d = check(p, now);
             let Some(slot) = slot else {
                 deny_invalid(&d);
                 return Ok(());
@@ -974,6 +1000,12 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
             let r = region.unwrap();
             let l = w.regions[r].limits;
             check_decision(&d, &l);
+            if message_size < size && h != 0 {
+                // Refused before the handle is looked at; counted.
+                deny_invalid(&d);
+                w.regions[r].c.denied[RT_INVALID_ARGUMENT as usize] += 1;
+                return Ok(());
+            }
             let live = w.regions[r].live.iter().find(|x| x.0 == h).cloned();
             let Some((_, client)) = live else {
                 assert_eq!(
@@ -1006,8 +1038,12 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
                 "message on live handle {h:#x}: {d:?}"
             );
             let mms = l.max_message_size as u64;
-            let too_large = mms != 0 && size > mms;
-            assert_eq!(d.reason == RT_MESSAGE_TOO_LARGE, too_large, "size {size} max {mms}: {d:?}");
+            let too_large = mms != 0 && message_size > mms;
+            assert_eq!(d.reason == RT_MESSAGE_TOO_LARGE, too_large, "size {message_size} max {mms}: {d:?}");
+            if part.is_some() {
+                // A later part adds no message: message rates never decide it.
+                assert!(!matches!(d.reason, RT_MESSAGE_RATE | RT_CLIENT_MESSAGE_RATE), "continuation: {d:?}");
+            }
             if too_large {
                 assert_eq!(d.retry_after_ms, RT_RETRY_NEVER, "{d:?}");
             }
@@ -1044,7 +1080,7 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
             }
             if d.allowed {
                 let c = &mut w.regions[r].c;
-                c.total_messages += 1;
+                c.total_messages += u64::from(part.is_none());
                 c.total_bytes = c.total_bytes.saturating_add(size);
                 if d.reason != RT_OK {
                     c.dry_run_denied += 1;
@@ -1057,10 +1093,7 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
                 w.regions[r].c.denied[d.reason as usize] += 1;
                 w.record(slot);
                 if let Some(now) = w.exact_at(r, now, d.retry_after_ms) {
-                    let probe = |lim: *mut rt_limiter, t: u64| {
-                        // SAFETY: valid handle.
-                        unsafe { rt_check_message_at(lim, h, size, t) }
-                    };
+                    let probe = |lim: *mut rt_limiter, t: u64| check(lim, Some(t));
                     w.probe(r, now, d.retry_after_ms, "message", &probe);
                 }
             }
