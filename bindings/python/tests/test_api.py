@@ -452,6 +452,33 @@ def test_one_engine_shared_by_threads_loses_nothing():
     assert eng.stats()["denied"]["rate_limit_exceeded"] == 1400
 
 
+def test_fork_after_init_gives_the_child_its_own_working_copy():
+    """TEST-PLAN M9/P3: a limiter made before os.fork() works in the child
+    (its own copy-on-write copy of the region, its own process token), and
+    nothing the child does reaches the parent."""
+    import os
+
+    eng = ratethrottle._engine.Engine(messages_per_window=3, connections_per_window=0)
+    handle = eng.connect(b"10.0.0.1")[6]
+    assert eng.check_message(handle, 1) is None
+    pid = os.fork()
+    if pid == 0:  # the child: any failure is its exit status
+        code = 1
+        try:
+            ok = [eng.check_message(handle, 1) is None for _ in range(3)]
+            other = eng.connect(b"10.0.0.2")[6]
+            live = eng.stats()["active_connections"]
+            code = 0 if ok == [True, True, False] and other and live == 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    # The parent's counts are its own: two messages still fit.
+    assert eng.stats()["total_messages"] == 1
+    assert eng.stats()["active_connections"] == 1
+    assert [eng.check_message(handle, 1) is None for _ in range(3)] == [True, True, False]
+
+
 def test_engine_entry_points_pin_error_types():
     eng = ratethrottle._engine.Engine()
     h = eng.connect("ip")[6]
