@@ -70,14 +70,20 @@ type cLimiter = C.rt_limiter
 
 func emptyCgo() { C.rtg_empty() }
 
-// idPtr gives the (pointer, length) pair of an id. An empty string may give
-// a nil pointer: (NULL, 0) is the valid empty id of the C ABI.
-func idPtr(s string) (*C.uint8_t, C.size_t) {
-	return (*C.uint8_t)(unsafe.Pointer(unsafe.StringData(s))), C.size_t(len(s))
+// cID is the (pointer, length) pair of an id or key. An empty one may have
+// a nil pointer: (NULL, 0) is the valid empty id of the C ABI. The caller
+// keeps the Go value alive (runtime.KeepAlive) until the C call returns.
+type cID struct {
+	p *C.uint8_t
+	n C.size_t
 }
 
-func idPtrBytes(b []byte) (*C.uint8_t, C.size_t) {
-	return (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b))), C.size_t(len(b))
+func idPtr(s string) cID {
+	return cID{(*C.uint8_t)(unsafe.Pointer(unsafe.StringData(s))), C.size_t(len(s))}
+}
+
+func idPtrBytes(b []byte) cID {
+	return cID{(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b))), C.size_t(len(b))}
 }
 
 func decisionFromC(d C.rt_decision) Decision {
@@ -227,13 +233,13 @@ func cUpdateLimits(p *C.rt_limiter, l Limits) (uint32, string) {
 
 func cReapDead(p *C.rt_limiter) int { return int(C.rt_reap_dead(p)) }
 
-func cConnect(p *C.rt_limiter, id *C.uint8_t, n C.size_t) (Decision, uint64) {
-	r := C.rtg_connect(p, id, n)
+func cConnect(p *C.rt_limiter, id cID) (Decision, uint64) {
+	r := C.rtg_connect(p, id.p, id.n)
 	return decisionFromC(r.d), uint64(r.conn)
 }
 
-func cConnectAt(p *C.rt_limiter, id *C.uint8_t, n C.size_t, nowMs uint64) (Decision, uint64) {
-	r := C.rtg_connect_at(p, id, n, C.uint64_t(nowMs))
+func cConnectAt(p *C.rt_limiter, id cID, nowMs uint64) (Decision, uint64) {
+	r := C.rtg_connect_at(p, id.p, id.n, C.uint64_t(nowMs))
 	return decisionFromC(r.d), uint64(r.conn)
 }
 
@@ -247,16 +253,16 @@ func cCheckMessageAt(p *C.rt_limiter, h uint64, size, nowMs uint64) Decision {
 	return decisionFromC(C.rt_check_message_at(p, C.rt_conn(h), C.uint64_t(size), C.uint64_t(nowMs)))
 }
 
-func cCheckKey(p *C.rt_limiter, k *C.uint8_t, n C.size_t, size uint64) Decision {
-	return decisionFromC(C.rt_check_key(p, k, n, C.uint64_t(size)))
+func cCheckKey(p *C.rt_limiter, k cID, size uint64) Decision {
+	return decisionFromC(C.rt_check_key(p, k.p, k.n, C.uint64_t(size)))
 }
 
-func cCheckKeyAt(p *C.rt_limiter, k *C.uint8_t, n C.size_t, size, nowMs uint64) Decision {
-	return decisionFromC(C.rt_check_key_at(p, k, n, C.uint64_t(size), C.uint64_t(nowMs)))
+func cCheckKeyAt(p *C.rt_limiter, k cID, size, nowMs uint64) Decision {
+	return decisionFromC(C.rt_check_key_at(p, k.p, k.n, C.uint64_t(size), C.uint64_t(nowMs)))
 }
 
-func cClientConnections(p *C.rt_limiter, id *C.uint8_t, n C.size_t) int {
-	return int(C.rt_client_connections(p, id, n))
+func cClientConnections(p *C.rt_limiter, id cID) int {
+	return int(C.rt_client_connections(p, id.p, id.n))
 }
 
 func cStats(p *C.rt_limiter) (Stats, uint32) {

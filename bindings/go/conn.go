@@ -36,25 +36,16 @@ func (c *Conn) ID() uint64 {
 // message is counted against every limit, a denied one against none. A
 // negative size is refused (ErrNegativeSize) before the engine is called;
 // after Close the engine answers ReasonUnknownConnection.
-func (c *Conn) CheckMessage(size int) Decision {
-	if c == nil || c.lim == nil {
-		return refused(ErrNilConn)
-	}
-	if size < 0 {
-		return refused(ErrNegativeSize)
-	}
-	l := c.lim
-	g := l.enter()
-	if g == nil {
-		return refused(ErrClosed)
-	}
-	d := cCheckMessage(l.ptr, c.h.Load(), uint64(size))
-	l.leave(g)
-	return d
-}
+func (c *Conn) CheckMessage(size int) Decision { return c.checkMessage(size, 0, false) }
 
 // CheckMessageAt is CheckMessage with the caller's clock in ms.
 func (c *Conn) CheckMessageAt(size int, nowMs uint64) Decision {
+	return c.checkMessage(size, nowMs, true)
+}
+
+// checkMessage is the body of both forms: the engine's clock, or nowMs when
+// at is set.
+func (c *Conn) checkMessage(size int, nowMs uint64, at bool) Decision {
 	if c == nil || c.lim == nil {
 		return refused(ErrNilConn)
 	}
@@ -66,7 +57,12 @@ func (c *Conn) CheckMessageAt(size int, nowMs uint64) Decision {
 	if g == nil {
 		return refused(ErrClosed)
 	}
-	d := cCheckMessageAt(l.ptr, c.h.Load(), uint64(size), nowMs)
+	var d Decision
+	if at {
+		d = cCheckMessageAt(l.ptr, c.h.Load(), uint64(size), nowMs)
+	} else {
+		d = cCheckMessage(l.ptr, c.h.Load(), uint64(size))
+	}
 	l.leave(g)
 	return d
 }

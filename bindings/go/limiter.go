@@ -127,41 +127,41 @@ func (l *Limiter) Close() error {
 // including "" and strings with NUL bytes or invalid UTF-8 (compared as
 // bytes). The Conn is nil when denied; when allowed the caller must Close it.
 func (l *Limiter) Connect(clientID string) (*Conn, Decision) {
-	g := l.enter()
-	if g == nil {
-		return nil, refused(ErrClosed)
-	}
-	p, n := idPtr(clientID)
-	d, h := cConnect(l.ptr, p, n)
-	l.leave(g)
+	c, d := l.connect(idPtr(clientID), 0, false)
 	runtime.KeepAlive(clientID)
-	return l.conn(d, h)
+	return c, d
 }
 
 // ConnectAt is Connect with the caller's monotonic clock in ms (a fake clock
 // in tests, or a host's own). Use one clock consistently for one limiter.
 func (l *Limiter) ConnectAt(clientID string, nowMs uint64) (*Conn, Decision) {
-	g := l.enter()
-	if g == nil {
-		return nil, refused(ErrClosed)
-	}
-	p, n := idPtr(clientID)
-	d, h := cConnectAt(l.ptr, p, n, nowMs)
-	l.leave(g)
+	c, d := l.connect(idPtr(clientID), nowMs, true)
 	runtime.KeepAlive(clientID)
-	return l.conn(d, h)
+	return c, d
 }
 
 // ConnectBytes is Connect with a []byte id; nil and empty are the empty id.
 func (l *Limiter) ConnectBytes(clientID []byte) (*Conn, Decision) {
+	c, d := l.connect(idPtrBytes(clientID), 0, false)
+	runtime.KeepAlive(clientID)
+	return c, d
+}
+
+// connect is the body of the Connect forms: the engine's clock, or nowMs
+// when at is set. The caller keeps the id alive until it returns.
+func (l *Limiter) connect(id cID, nowMs uint64, at bool) (*Conn, Decision) {
 	g := l.enter()
 	if g == nil {
 		return nil, refused(ErrClosed)
 	}
-	p, n := idPtrBytes(clientID)
-	d, h := cConnect(l.ptr, p, n)
+	var d Decision
+	var h uint64
+	if at {
+		d, h = cConnectAt(l.ptr, id, nowMs)
+	} else {
+		d, h = cConnect(l.ptr, id)
+	}
 	l.leave(g)
-	runtime.KeepAlive(clientID)
 	return l.conn(d, h)
 }
 
@@ -181,38 +181,28 @@ func (l *Limiter) conn(d Decision, h uint64) (*Conn, Decision) {
 // Keys and client ids share one table: prefix keys that could collide
 // ("room:lobby"). A negative size is refused (ErrNegativeSize).
 func (l *Limiter) CheckKey(key string, size int) Decision {
-	if size < 0 {
-		return refused(ErrNegativeSize)
-	}
-	g := l.enter()
-	if g == nil {
-		return refused(ErrClosed)
-	}
-	p, n := idPtr(key)
-	d := cCheckKey(l.ptr, p, n, uint64(size))
-	l.leave(g)
+	d := l.checkKey(idPtr(key), size, 0, false)
 	runtime.KeepAlive(key)
 	return d
 }
 
 // CheckKeyAt is CheckKey with the caller's clock.
 func (l *Limiter) CheckKeyAt(key string, size int, nowMs uint64) Decision {
-	if size < 0 {
-		return refused(ErrNegativeSize)
-	}
-	g := l.enter()
-	if g == nil {
-		return refused(ErrClosed)
-	}
-	p, n := idPtr(key)
-	d := cCheckKeyAt(l.ptr, p, n, uint64(size), nowMs)
-	l.leave(g)
+	d := l.checkKey(idPtr(key), size, nowMs, true)
 	runtime.KeepAlive(key)
 	return d
 }
 
 // CheckKeyBytes is CheckKey with a []byte key; nil and empty are the empty key.
 func (l *Limiter) CheckKeyBytes(key []byte, size int) Decision {
+	d := l.checkKey(idPtrBytes(key), size, 0, false)
+	runtime.KeepAlive(key)
+	return d
+}
+
+// checkKey is the body of the CheckKey forms: the engine's clock, or nowMs
+// when at is set. The caller keeps the key alive until it returns.
+func (l *Limiter) checkKey(key cID, size int, nowMs uint64, at bool) Decision {
 	if size < 0 {
 		return refused(ErrNegativeSize)
 	}
@@ -220,10 +210,13 @@ func (l *Limiter) CheckKeyBytes(key []byte, size int) Decision {
 	if g == nil {
 		return refused(ErrClosed)
 	}
-	p, n := idPtrBytes(key)
-	d := cCheckKey(l.ptr, p, n, uint64(size))
+	var d Decision
+	if at {
+		d = cCheckKeyAt(l.ptr, key, uint64(size), nowMs)
+	} else {
+		d = cCheckKey(l.ptr, key, uint64(size))
+	}
 	l.leave(g)
-	runtime.KeepAlive(key)
 	return d
 }
 
@@ -234,8 +227,7 @@ func (l *Limiter) ClientConnections(clientID string) int {
 	if g == nil {
 		return 0
 	}
-	p, n := idPtr(clientID)
-	c := cClientConnections(l.ptr, p, n)
+	c := cClientConnections(l.ptr, idPtr(clientID))
 	l.leave(g)
 	runtime.KeepAlive(clientID)
 	return c
