@@ -3,13 +3,14 @@
 
 use super::limiter::{limiter, rt_limiter};
 use super::{boundary, id, rt_conn, rt_decision, RT_INVALID_ARGUMENT, RT_UNKNOWN_CONNECTION};
-use crate::Conn;
+use crate::{Conn, Decision, Limiter};
 
-/// Shared body of `rt_check_message` and `rt_check_message_at`.
+/// Shared body of the message checks: `check` runs on a live limiter and a
+/// non-zero handle, inside the panic boundary.
 ///
 /// # Safety
 /// `lim` must be NULL or a live limiter.
-unsafe fn check_message(lim: *mut rt_limiter, conn: rt_conn, size: u64, now_ms: Option<u64>) -> rt_decision {
+unsafe fn on_conn(lim: *mut rt_limiter, conn: rt_conn, check: impl FnOnce(&Limiter, Conn) -> Decision) -> rt_decision {
     boundary(
         || rt_decision::deny(RT_INVALID_ARGUMENT),
         || {
@@ -20,13 +21,23 @@ unsafe fn check_message(lim: *mut rt_limiter, conn: rt_conn, size: u64, now_ms: 
             let Some(conn) = Conn::from_raw(conn) else {
                 return rt_decision::deny(RT_UNKNOWN_CONNECTION);
             };
-            match now_ms {
-                Some(now_ms) => inner.check_message_at(conn, size, now_ms),
-                None => inner.check_message(conn, size),
-            }
-            .into()
+            check(inner, conn).into()
         },
     )
+}
+
+/// Shared body of `rt_check_message` and `rt_check_message_at`.
+///
+/// # Safety
+/// `lim` must be NULL or a live limiter.
+unsafe fn check_message(lim: *mut rt_limiter, conn: rt_conn, size: u64, now_ms: Option<u64>) -> rt_decision {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        on_conn(lim, conn, |l, c| match now_ms {
+            Some(now_ms) => l.check_message_at(c, size, now_ms),
+            None => l.check_message(c, size),
+        })
+    }
 }
 
 /// Checks one message of `size` bytes on connection `conn`, reading
@@ -90,23 +101,13 @@ unsafe fn check_continuation(
     message_size: u64,
     now_ms: Option<u64>,
 ) -> rt_decision {
-    boundary(
-        || rt_decision::deny(RT_INVALID_ARGUMENT),
-        || {
-            // SAFETY: per the caller.
-            let Some(inner) = (unsafe { limiter(lim) }) else {
-                return rt_decision::deny(RT_INVALID_ARGUMENT);
-            };
-            let Some(conn) = Conn::from_raw(conn) else {
-                return rt_decision::deny(RT_UNKNOWN_CONNECTION);
-            };
-            match now_ms {
-                Some(now_ms) => inner.check_continuation_at(conn, size, message_size, now_ms),
-                None => inner.check_continuation(conn, size, message_size),
-            }
-            .into()
-        },
-    )
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        on_conn(lim, conn, |l, c| match now_ms {
+            Some(now_ms) => l.check_continuation_at(c, size, message_size, now_ms),
+            None => l.check_continuation(c, size, message_size),
+        })
+    }
 }
 
 /// Checks a later part of a message that `rt_check_message` already
