@@ -583,6 +583,45 @@ impl Limiter {
     /// bytes, in a message of `message_size` bytes so far.
     #[inline(always)]
     fn check_traffic(&self, conn: Conn, msgs: u64, size: u64, message_size: u64, now_ms: u64) -> Decision {
+        match self.traffic_fast(conn, msgs, size, message_size, now_ms) {
+            Some(d) => d,
+            None => self.traffic_general(conn, msgs, size, message_size, now_ms),
+        }
+    }
+
+    /// The common case of both message checks, small enough to stay in
+    /// registers: a live connection whose client has no aggregate limits,
+    /// no dry run, a message within every limit, and no other thread
+    /// writing the word between its load and its CAS. Anything else
+    /// returns `None` having changed nothing, and the general path decides.
+    #[inline(always)]
+    fn traffic_fast(&self, conn: Conn, msgs: u64, size: u64, message_size: u64, now_ms: u64) -> Option<Decision> {
+        let (live, slot) = conn::lookup(&self.region, conn.raw())?;
+        let l = self.region.header().message_limits()?;
+        if l.dry_run
+            || (live.client != NO_CLIENT && l.client_limited)
+            || (l.max_message_size != 0 && message_size > l.max_message_size)
+        {
+            return None;
+        }
+        let pos = Position::with(now_ms, &l.window, l.window_offset);
+        let tw = slot.traffic.load(Ordering::Acquire);
+        let pair = Pair::conn_limits(l.messages_per_window, l.bytes_per_window, msgs);
+        let ready = attempt(tw, live.generation & TAG_MASK, pair, &l.window, pos, size).ok()?;
+        if ready.over.is_some() {
+            return None;
+        }
+        // AcqRel: as in `charge_word`.
+        slot.traffic.compare_exchange(tw, ready.word, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        add_saturating(&slot.acc_messages, ready.charged.spilled_msgs);
+        add_saturating(&slot.acc_bytes, ready.charged.spilled_bytes);
+        slot.last_message_at_ms.store(now_ms, Ordering::Relaxed);
+        Some(ready.charged.decision)
+    }
+
+    /// Every case of the message checks (see [`Limiter::traffic_fast`]).
+    #[inline(never)]
+    fn traffic_general(&self, conn: Conn, msgs: u64, size: u64, message_size: u64, now_ms: u64) -> Decision {
         let r = &self.region;
         let Some((live, slot)) = conn::lookup(r, conn.raw()) else {
             r.count(0, |s| &s.denied[Reason::UnknownConnection as usize], 1);
@@ -616,7 +655,7 @@ impl Limiter {
             if t.tag != tag {
                 return Decision::deny(Reason::UnknownConnection);
             }
-            let v = judge(&Pair::conn(&snap, msgs).checks(&snap, roll_traffic(&t, pos), size));
+            let v = judge(&Pair::conn(&snap, msgs).checks(&snap.window, roll_traffic(&t, pos), size));
             if let Some(fail) = v.fail {
                 let retry = v.retry_after_ms.max(self.client_retry(ci, &snap, pos, msgs, size));
                 let d = denial(&fail, retry);
@@ -669,12 +708,12 @@ impl Limiter {
         size: u64,
         tw: u128,
     ) -> Result<(Decision, Option<Decision>), Decision> {
-        let c =
+        let (c, dry) =
             charge_word(&slot.traffic, tw, tag, Pair::conn(snap, msgs), snap, pos, size, Reason::UnknownConnection)?;
         // Lifetime totals: what left the windows, and what overflowed a field.
         add_saturating(&slot.acc_messages, c.spilled_msgs);
         add_saturating(&slot.acc_bytes, c.spilled_bytes);
-        Ok((c.decision, c.dry))
+        Ok((c.decision, dry))
     }
 
     /// Commits one message of `size` to a client or key word. `Ok` carries
@@ -692,14 +731,15 @@ impl Limiter {
     ) -> Result<(Charge, Option<Decision>), Decision> {
         let word = &self.region.client(index).traffic;
         let tw = word.load(Ordering::Acquire);
-        let c = charge_word(word, tw, epoch & TAG_MASK, Pair::client(snap, msgs), snap, pos, size, Reason::TableFull)?;
-        Ok((Charge { id: c.id, msgs: c.msgs, bytes: c.bytes, decision: c.decision }, c.dry))
+        let (c, dry) =
+            charge_word(word, tw, epoch & TAG_MASK, Pair::client(snap, msgs), snap, pos, size, Reason::TableFull)?;
+        Ok((Charge { id: c.id, msgs: c.msgs, bytes: c.bytes, decision: c.decision }, dry))
     }
 
     /// The wait until a client's windows would take this message.
     fn client_retry(&self, index: u32, snap: &Snapshot, pos: Position, msgs: u64, size: u64) -> u64 {
         let t = Traffic::unpack(self.region.client(index).traffic.load(Ordering::Acquire));
-        judge(&Pair::client(snap, msgs).checks(snap, roll_traffic(&t, pos), size)).retry_after_ms
+        judge(&Pair::client(snap, msgs).checks(&snap.window, roll_traffic(&t, pos), size)).retry_after_ms
     }
 
     /// Checks one message of `size` bytes against a key's (room's, channel's,
@@ -889,13 +929,13 @@ struct Pair {
 impl Pair {
     #[inline(always)]
     fn conn(snap: &Snapshot, cost: u64) -> Pair {
-        Pair {
-            cost,
-            messages: snap.messages_per_window,
-            bytes: snap.bytes_per_window,
-            message_reason: Reason::MessageRate,
-            byte_reason: Reason::Bandwidth,
-        }
+        Pair::conn_limits(snap.messages_per_window, snap.bytes_per_window, cost)
+    }
+
+    /// A connection's two limits.
+    #[inline(always)]
+    fn conn_limits(messages: u64, bytes: u64, cost: u64) -> Pair {
+        Pair { cost, messages, bytes, message_reason: Reason::MessageRate, byte_reason: Reason::Bandwidth }
     }
 
     #[inline(always)]
@@ -921,7 +961,7 @@ impl Pair {
     }
 
     /// Both checks, for a message of `size` bytes, in check order.
-    fn checks(&self, snap: &Snapshot, rt: RolledTraffic, size: u64) -> [Check; 2] {
+    fn checks(&self, window: &Divisor, rt: RolledTraffic, size: u64) -> [Check; 2] {
         [
             Check {
                 reason: self.message_reason,
@@ -929,7 +969,7 @@ impl Pair {
                 prev: rt.msgs.prev,
                 cur: rt.msgs.cur,
                 cost: self.cost,
-                window: snap.window,
+                window: *window,
                 elapsed_ms: rt.msgs.elapsed_ms,
             },
             Check {
@@ -938,7 +978,7 @@ impl Pair {
                 prev: rt.bytes.prev,
                 cur: rt.bytes.cur,
                 cost: size,
-                window: snap.window,
+                window: *window,
                 elapsed_ms: rt.bytes.elapsed_ms,
             },
         ]
@@ -947,8 +987,8 @@ impl Pair {
     /// The denial for a word that failed (cold: built only on denial).
     #[cold]
     #[inline(never)]
-    fn denial(&self, snap: &Snapshot, rt: RolledTraffic, size: u64) -> Decision {
-        let v = judge(&self.checks(snap, rt, size));
+    fn denial(&self, window: &Divisor, rt: RolledTraffic, size: u64) -> Decision {
+        let v = judge(&self.checks(window, rt, size));
         let fail = v.fail.expect("a check failed");
         denial(&fail, v.retry_after_ms)
     }
@@ -965,15 +1005,68 @@ struct Charged {
     spilled_bytes: u64,
     /// The allowed decision (the first enabled limit reports its budget).
     decision: Decision,
-    /// In dry-run mode, the would-be denial.
-    dry: Option<Decision>,
+}
+
+/// One try at charging a traffic word: the word to write and what writing
+/// it charges, and whether a limit refuses the message.
+struct Ready {
+    word: u128,
+    charged: Charged,
+    /// The windows rolled to now, when a limit refuses the message.
+    over: Option<RolledTraffic>,
+}
+
+/// Decides one message of `size` bytes against a traffic word's two limits
+/// as of the loaded value `tw`, and builds the word that counts it. `Err`
+/// when the word's tag is not `tag` (it belongs to someone else now).
+#[inline(always)]
+fn attempt(tw: u128, tag: u64, pair: Pair, window: &Divisor, pos: Position, size: u64) -> Result<Ready, ()> {
+    let t = Traffic::unpack(tw);
+    if t.tag != tag {
+        return Err(());
+    }
+    let rt = roll_traffic(&t, pos);
+    let (e, w) = (rt.msgs.elapsed_ms, window.d);
+    let m_ok = pair.message_limit() == 0 || window::admits(rt.msgs.prev, rt.msgs.cur, 1, pair.messages, w, e);
+    let b_ok = pair.bytes == 0 || window::admits(rt.bytes.prev, rt.bytes.cur, size, pair.bytes, w, e);
+    let (mc, mo) = saturate(rt.msgs.cur, pair.cost, MSGS_MAX);
+    let (bc, bo) = saturate(rt.bytes.cur, size, BYTES_MAX);
+    let new = Traffic {
+        tag,
+        id: rt.msgs.id,
+        msgs_prev: rt.msgs.prev,
+        msgs_cur: mc,
+        bytes_prev: rt.bytes.prev,
+        bytes_cur: bc,
+    };
+    let mut decision = Decision::allow();
+    if pair.message_limit() != 0 {
+        decision.limit = pair.messages;
+        (decision.current, decision.remaining) = window::budget(rt.msgs.prev, mc, pair.messages, window, e);
+    } else if pair.bytes != 0 {
+        decision.limit = pair.bytes;
+        (decision.current, decision.remaining) = window::budget(rt.bytes.prev, bc, pair.bytes, window, e);
+    }
+    Ok(Ready {
+        word: new.pack(),
+        charged: Charged {
+            id: rt.msgs.id,
+            msgs: mc - rt.msgs.cur,
+            bytes: bc - rt.bytes.cur,
+            spilled_msgs: rt.msgs.dropped + mo,
+            spilled_bytes: rt.bytes.dropped.saturating_add(bo),
+            decision,
+        },
+        over: (!(m_ok && b_ok)).then_some(rt),
+    })
 }
 
 /// Decides one message of `size` bytes against a traffic word's two limits
 /// and counts it with one CAS, re-deciding on every retry. `stale` is the
 /// reason returned when the word's tag shows it now belongs to someone else.
+/// In dry-run mode a refused message is counted and `Ok` carries the
+/// would-be denial.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 fn charge_word(
     word: &AtomicU128,
     mut tw: u128,
@@ -983,58 +1076,20 @@ fn charge_word(
     pos: Position,
     size: u64,
     stale: Reason,
-) -> Result<Charged, Decision> {
+) -> Result<(Charged, Option<Decision>), Decision> {
     loop {
-        let t = Traffic::unpack(tw);
-        if t.tag != tag {
-            return Err(Decision::deny(stale));
-        }
-        let rt = roll_traffic(&t, pos);
-        let (e, w) = (rt.msgs.elapsed_ms, snap.window.d);
-        // The common case, decided inline: both limits pass (or are off).
-        let m_ok = pair.message_limit() == 0 || window::admits(rt.msgs.prev, rt.msgs.cur, 1, pair.messages, w, e);
-        let b_ok = pair.bytes == 0 || window::admits(rt.bytes.prev, rt.bytes.cur, size, pair.bytes, w, e);
+        let ready = attempt(tw, tag, pair, &snap.window, pos, size).map_err(|()| Decision::deny(stale))?;
         let mut dry = None;
-        if !(m_ok && b_ok) {
-            let d = pair.denial(snap, rt, size);
+        if let Some(rt) = ready.over {
+            let d = pair.denial(&snap.window, rt, size);
             if !snap.dry_run() {
                 return Err(d);
             }
             dry = Some(d);
         }
-        let (mc, mo) = saturate(rt.msgs.cur, pair.cost, MSGS_MAX);
-        let (bc, bo) = saturate(rt.bytes.cur, size, BYTES_MAX);
-        let new = Traffic {
-            tag,
-            id: rt.msgs.id,
-            msgs_prev: rt.msgs.prev,
-            msgs_cur: mc,
-            bytes_prev: rt.bytes.prev,
-            bytes_cur: bc,
-        };
         // AcqRel: one CAS decides and counts both limits together.
-        match word.compare_exchange(tw, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                let mut decision = Decision::allow();
-                if pair.message_limit() != 0 {
-                    decision.limit = pair.messages;
-                    (decision.current, decision.remaining) =
-                        window::budget(rt.msgs.prev, mc, pair.messages, &snap.window, e);
-                } else if pair.bytes != 0 {
-                    decision.limit = pair.bytes;
-                    (decision.current, decision.remaining) =
-                        window::budget(rt.bytes.prev, bc, pair.bytes, &snap.window, e);
-                }
-                return Ok(Charged {
-                    id: rt.msgs.id,
-                    msgs: mc - rt.msgs.cur,
-                    bytes: bc - rt.bytes.cur,
-                    spilled_msgs: rt.msgs.dropped + mo,
-                    spilled_bytes: rt.bytes.dropped.saturating_add(bo),
-                    decision,
-                    dry,
-                });
-            }
+        match word.compare_exchange(tw, ready.word, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Ok((ready.charged, dry)),
             Err(cur) => tw = cur,
         }
     }

@@ -270,6 +270,18 @@ pub(crate) struct Snapshot {
     pub flags: u32,
 }
 
+/// The part of a [`Snapshot`] that a message check reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MessageLimits {
+    pub window: crate::window::Divisor,
+    pub window_offset: u64,
+    pub messages_per_window: u64,
+    pub bytes_per_window: u64,
+    pub max_message_size: u64,
+    pub client_limited: bool,
+    pub dry_run: bool,
+}
+
 impl Snapshot {
     pub(crate) fn fail_open(&self) -> bool {
         self.flags & FLAG_FAIL_OPEN != 0
@@ -321,6 +333,32 @@ impl Header {
             a = b;
             crate::sync::fence(Ordering::Acquire);
         }
+    }
+
+    /// The limits of the message fast path, read as [`Header::snapshot`]
+    /// reads them, from one set; `None` when a flip happened meanwhile (the
+    /// caller then takes the general path, which reads again).
+    #[inline(always)]
+    pub(crate) fn message_limits(&self) -> Option<MessageLimits> {
+        // Acquire: as in `snapshot`.
+        let a = self.limits_active.load(Ordering::Acquire);
+        let set = &self.limits[(a & 1) as usize];
+        let m = MessageLimits {
+            window: crate::window::Divisor {
+                d: set.window_ms.load(Ordering::Relaxed),
+                magic: set.window_magic.load(Ordering::Relaxed),
+                shift: set.window_shift.load(Ordering::Relaxed),
+            },
+            window_offset: set.window_offset.load(Ordering::Relaxed),
+            messages_per_window: set.messages_per_window.load(Ordering::Relaxed),
+            bytes_per_window: set.bytes_per_window.load(Ordering::Relaxed),
+            max_message_size: set.max_message_size.load(Ordering::Relaxed),
+            client_limited: set.client_messages.load(Ordering::Relaxed) | set.client_bytes.load(Ordering::Relaxed) != 0,
+            dry_run: set.flags.load(Ordering::Relaxed) & FLAG_DRY_RUN != 0,
+        };
+        // Acquire fence: the field loads above happen before the re-read.
+        crate::sync::fence(Ordering::Acquire);
+        (self.limits_active.load(Ordering::Relaxed) == a).then_some(m)
     }
 
     /// Writes new limits into the inactive set and flips to it. `now_ms`
