@@ -599,7 +599,7 @@ impl Limiter {
         let (live, slot) = conn::lookup(&self.region, conn.raw())?;
         let l = self.region.header().message_limits()?;
         if l.dry_run
-            || (live.client != NO_CLIENT && l.client_limited)
+            || (live.client != NO_CLIENT && l.client_limited())
             || (l.max_message_size != 0 && message_size > l.max_message_size)
         {
             return None;
@@ -762,9 +762,43 @@ impl Limiter {
 
     /// [`Limiter::check_key`] with the caller's clock.
     pub fn check_key_at(&self, key: &[u8], size: u64, now_ms: u64) -> Decision {
+        let h = table::hash(&self.region, key);
+        match self.key_fast(h, size, now_ms) {
+            Some(d) => d,
+            None => self.key_general(h, key, size, now_ms),
+        }
+    }
+
+    /// The common case of a key check (see [`Limiter::traffic_fast`]): a
+    /// key already in the table, aggregate limits on, no dry run, within
+    /// its limits, uncontended. Otherwise `None`, having changed nothing.
+    #[inline(always)]
+    fn key_fast(&self, h: u128, size: u64, now_ms: u64) -> Option<Decision> {
+        let r = &self.region;
+        let l = r.header().message_limits()?;
+        if l.dry_run || !l.client_limited() {
+            return None;
+        }
+        let found = table::find(r, h)?;
+        let pos = Position::with(now_ms, &l.window, l.window_offset);
+        let word = &r.client(found.index).traffic;
+        let tw = word.load(Ordering::Acquire);
+        let pair = Pair::client_limits(l.client_messages, l.client_bytes, 1);
+        let ready = attempt(tw, found.epoch & TAG_MASK, pair, &l.window, pos, size).ok()?;
+        if ready.over.is_some() {
+            return None;
+        }
+        // AcqRel: as in `charge_word`.
+        word.compare_exchange(tw, ready.word, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        r.count(found.index as usize, |s| &s.keys_allowed, 1);
+        Some(ready.charged.decision)
+    }
+
+    /// Every case of a key check, for a key of hash `h`.
+    #[inline(never)]
+    fn key_general(&self, h: u128, key: &[u8], size: u64, now_ms: u64) -> Decision {
         let r = &self.region;
         let snap = r.header().snapshot();
-        let h = table::hash(r, key);
         if !snap.client_limited() {
             r.count((h >> 96) as usize, |s| &s.keys_allowed, 1);
             return Decision::allow();
@@ -940,13 +974,13 @@ impl Pair {
 
     #[inline(always)]
     fn client(snap: &Snapshot, cost: u64) -> Pair {
-        Pair {
-            cost,
-            messages: snap.client_messages,
-            bytes: snap.client_bytes,
-            message_reason: Reason::ClientMessageRate,
-            byte_reason: Reason::ClientBandwidth,
-        }
+        Pair::client_limits(snap.client_messages, snap.client_bytes, cost)
+    }
+
+    /// A client's (or key's) two aggregate limits.
+    #[inline(always)]
+    fn client_limits(messages: u64, bytes: u64, cost: u64) -> Pair {
+        Pair { cost, messages, bytes, message_reason: Reason::ClientMessageRate, byte_reason: Reason::ClientBandwidth }
     }
 
     /// The message limit this call is judged against: none for a later

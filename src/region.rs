@@ -19,8 +19,9 @@ use crate::limits::Limits;
 use crate::sync::{spin_wait, AtomicU128, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RTHRTL\x00\x01");
-/// Bumped whenever the layout or the meaning of any word changes.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// Bumped whenever the layout or the meaning of any word changes (2: a
+/// client's home slots are found by multiplication, not by remainder).
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 #[cfg(not(loom))]
 pub(crate) const LANES: usize = 16;
 #[cfg(not(loom))]
@@ -270,7 +271,7 @@ pub(crate) struct Snapshot {
     pub flags: u32,
 }
 
-/// The part of a [`Snapshot`] that a message check reads.
+/// The part of a [`Snapshot`] that message and key checks read.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MessageLimits {
     pub window: crate::window::Divisor,
@@ -278,8 +279,15 @@ pub(crate) struct MessageLimits {
     pub messages_per_window: u64,
     pub bytes_per_window: u64,
     pub max_message_size: u64,
-    pub client_limited: bool,
+    pub client_messages: u64,
+    pub client_bytes: u64,
     pub dry_run: bool,
+}
+
+impl MessageLimits {
+    pub(crate) fn client_limited(&self) -> bool {
+        self.client_messages != 0 || self.client_bytes != 0
+    }
 }
 
 impl Snapshot {
@@ -335,7 +343,7 @@ impl Header {
         }
     }
 
-    /// The limits of the message fast path, read as [`Header::snapshot`]
+    /// The limits of the message and key fast paths, read as [`Header::snapshot`]
     /// reads them, from one set; `None` when a flip happened meanwhile (the
     /// caller then takes the general path, which reads again).
     #[inline(always)]
@@ -353,7 +361,8 @@ impl Header {
             messages_per_window: set.messages_per_window.load(Ordering::Relaxed),
             bytes_per_window: set.bytes_per_window.load(Ordering::Relaxed),
             max_message_size: set.max_message_size.load(Ordering::Relaxed),
-            client_limited: set.client_messages.load(Ordering::Relaxed) | set.client_bytes.load(Ordering::Relaxed) != 0,
+            client_messages: set.client_messages.load(Ordering::Relaxed),
+            client_bytes: set.client_bytes.load(Ordering::Relaxed),
             dry_run: set.flags.load(Ordering::Relaxed) & FLAG_DRY_RUN != 0,
         };
         // Acquire fence: the field loads above happen before the re-read.

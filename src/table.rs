@@ -94,8 +94,13 @@ impl Probe {
     fn new(region: &Region, h: u128) -> Probe {
         let l = region.layout;
         let len = l.shard_len;
-        let home1 = ((h >> 64) as u64 % len as u64) as u32;
-        let mut home2 = ((h >> 32) as u32) % len;
+        // Two hash fields scaled to 0..len by a multiply (Lemire's
+        // reduction: no divide on the lookup path). The product's high part
+        // depends on a field's top bits: bits 48..111 and 16..47 are apart
+        // from the shard's (the lowest), the tag's (112..119) and bit 127
+        // (always 0).
+        let home1 = (((h >> 48) as u64 as u128 * len as u128) >> 64) as u32;
+        let mut home2 = (((h >> 16) as u32 as u64 * len as u64) >> 32) as u32;
         if home2 == home1 && len > l.probe() {
             // Two different windows (when the shard has room for them).
             home2 = (home1 + l.probe()) % len;
