@@ -184,15 +184,6 @@ fn add_saturating(total: &crate::sync::AtomicU64, n: u64) {
     }
 }
 
-/// What a charge changed, so it can be refunded, and the allowed decision.
-#[derive(Clone, Copy)]
-struct Charge {
-    id: u64,
-    msgs: u64,
-    bytes: u64,
-    decision: Decision,
-}
-
 impl Limiter {
     fn from_region(region: Region, memory: Memory) -> Limiter {
         Limiter { region, _memory: memory, callbacks: Callbacks::new() }
@@ -590,18 +581,16 @@ impl Limiter {
     }
 
     /// The common case of both message checks, small enough to stay in
-    /// registers: a live connection whose client has no aggregate limits,
-    /// no dry run, a message within every limit, and no other thread
-    /// writing the word between its load and its CAS. Anything else
-    /// returns `None` having changed nothing, and the general path decides.
+    /// registers: a live connection, no dry run, a message within every
+    /// limit (the connection's, then its client's aggregate ones if set),
+    /// and no other thread writing a word between its load and its CAS.
+    /// Anything else returns `None` having changed nothing (a client charge
+    /// is refunded), and the general path decides.
     #[inline(always)]
     fn traffic_fast(&self, conn: Conn, msgs: u64, size: u64, message_size: u64, now_ms: u64) -> Option<Decision> {
         let (live, slot) = conn::lookup(&self.region, conn.raw())?;
         let l = self.region.header().message_limits()?;
-        if l.dry_run
-            || (live.client != NO_CLIENT && l.client_limited())
-            || (l.max_message_size != 0 && message_size > l.max_message_size)
-        {
+        if l.dry_run || (l.max_message_size != 0 && message_size > l.max_message_size) {
             return None;
         }
         let pos = Position::with(now_ms, &l.window, l.window_offset);
@@ -611,8 +600,26 @@ impl Limiter {
         if ready.over.is_some() {
             return None;
         }
-        // AcqRel: as in `charge_word`.
-        slot.traffic.compare_exchange(tw, ready.word, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        if live.client != NO_CLIENT && l.client_limited() {
+            // As in the general path: the connection judged first, then the
+            // client charged, then the connection; a failure refunds.
+            let word = &self.region.client(live.client).traffic;
+            let ctw = word.load(Ordering::Acquire);
+            let pair = Pair::client_limits(l.client_messages, l.client_bytes, msgs);
+            let client = attempt(ctw, live.client_epoch & TAG_MASK, pair, &l.window, pos, size).ok()?;
+            if client.over.is_some() {
+                return None;
+            }
+            // AcqRel: as in `charge_word`.
+            word.compare_exchange(ctw, client.word, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+            if slot.traffic.compare_exchange(tw, ready.word, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                refund(word, &client.charged);
+                return None;
+            }
+        } else {
+            // AcqRel: as in `charge_word`.
+            slot.traffic.compare_exchange(tw, ready.word, Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        }
         add_saturating(&slot.acc_messages, ready.charged.spilled_msgs);
         add_saturating(&slot.acc_bytes, ready.charged.spilled_bytes);
         slot.last_message_at_ms.store(now_ms, Ordering::Relaxed);
@@ -687,7 +694,7 @@ impl Limiter {
             }
             Err(d) => {
                 if let (Some(ci), Some(ch)) = (client, client_charge) {
-                    refund(&r.client(ci).traffic, ch);
+                    refund(&r.client(ci).traffic, &ch);
                 }
                 self.report_conn(d, &live, size, now_ms)
             }
@@ -728,12 +735,10 @@ impl Limiter {
         pos: Position,
         msgs: u64,
         size: u64,
-    ) -> Result<(Charge, Option<Decision>), Decision> {
+    ) -> Result<(Charged, Option<Decision>), Decision> {
         let word = &self.region.client(index).traffic;
         let tw = word.load(Ordering::Acquire);
-        let (c, dry) =
-            charge_word(word, tw, epoch & TAG_MASK, Pair::client(snap, msgs), snap, pos, size, Reason::TableFull)?;
-        Ok((Charge { id: c.id, msgs: c.msgs, bytes: c.bytes, decision: c.decision }, dry))
+        charge_word(word, tw, epoch & TAG_MASK, Pair::client(snap, msgs), snap, pos, size, Reason::TableFull)
     }
 
     /// The wait until a client's windows would take this message.
@@ -1131,7 +1136,7 @@ fn charge_word(
 
 /// Takes a charge back from the window it landed in (the current one, or
 /// the previous one if the window has rotated once since).
-fn refund(word: &AtomicU128, ch: Charge) {
+fn refund(word: &AtomicU128, ch: &Charged) {
     let mut tw = word.load(Ordering::Acquire);
     loop {
         let mut t = Traffic::unpack(tw);

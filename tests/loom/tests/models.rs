@@ -94,6 +94,35 @@ fn loom_rotation_races_increment() {
     });
 }
 
+/// All or nothing: two threads check a message on one connection with room
+/// for one, whose client also has an aggregate limit. Both may charge the
+/// client before one wins the connection; the loser's client charge is
+/// refunded, so the client ends with exactly the one message taken.
+#[test]
+fn loom_message_pair_is_all_or_nothing() {
+    loom::model(|| {
+        let lim = tiny(Limits {
+            window_ms: 1000,
+            messages_per_window: 1,
+            client_messages_per_window: 5,
+            ..Limits::default()
+        });
+        let (_, c) = lim.connect_at(b"c", 0);
+        let c = c.unwrap();
+        let ts: Vec<_> = (0..2)
+            .map(|_| {
+                let lim = lim.clone();
+                thread::spawn(move || lim.check_message_at(c, 1, 0).allowed)
+            })
+            .collect();
+        let allowed = ts.into_iter().map(|t| t.join().unwrap()).filter(|a| *a).count() as u64;
+        assert_eq!(allowed, 1, "the connection's limit of 1 was not exact");
+        assert_eq!(lim.connection_info(c).unwrap().message_count, 1);
+        // A key shares the client's word: one more message makes 2 there.
+        assert_eq!(lim.check_key_at(b"c", 1, 0).current, 2, "a client charge leaked or was lost");
+    });
+}
+
 /// Connect racing disconnect on one client with one concurrent slot: the
 /// count never goes negative or over the limit.
 #[test]
