@@ -43,8 +43,20 @@ impl Drop for Mapping {
 const BARRIER: usize = 4096;
 const CHILDREN: u32 = 4;
 
-fn shm_path(tag: &str) -> String {
-    format!("/dev/shm/ratethrottle-test-{}-{tag}", std::process::id())
+/// A file under /dev/shm named for this process, removed when dropped, so a
+/// failing test leaves nothing behind.
+struct ShmFile(String);
+
+impl ShmFile {
+    fn new(tag: &str) -> ShmFile {
+        ShmFile(format!("/dev/shm/ratethrottle-test-{}-{tag}", std::process::id()))
+    }
+}
+
+impl Drop for ShmFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn limits() -> Limits {
@@ -127,7 +139,8 @@ fn child_entry() {
 
 #[test]
 fn processes_sharing_a_region_enforce_one_limit() {
-    let path = shm_path("race");
+    let file = ShmFile::new("race");
+    let path = file.0.clone();
     let len = Limiter::region_size(&limits()).unwrap();
     let m = Mapping::open(&path, len + BARRIER, true);
     // SAFETY: the mapping outlives the limiter (dropped first below).
@@ -148,12 +161,12 @@ fn processes_sharing_a_region_enforce_one_limit() {
     assert_eq!(lim.client_connections(b"shared-client"), 0);
     drop(lim);
     drop(m);
-    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
 fn a_dead_workers_connections_are_reaped() {
-    let path = shm_path("reap");
+    let file = ShmFile::new("reap");
+    let path = file.0.clone();
     let len = Limiter::region_size(&limits()).unwrap();
     let m = Mapping::open(&path, len + BARRIER, true);
     let l = Limits { max_concurrent_connections: 3, ..limits() };
@@ -170,12 +183,12 @@ fn a_dead_workers_connections_are_reaped() {
     assert!(lim.connection_info(mine.unwrap()).is_some());
     drop(lim);
     drop(m);
-    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
 fn one_region_mapped_twice_at_different_addresses() {
-    let path = shm_path("twice");
+    let file = ShmFile::new("twice");
+    let path = file.0.clone();
     let len = Limiter::region_size(&limits()).unwrap();
     let a = Mapping::open(&path, len, true);
     let b = Mapping::open(&path, len, false);
@@ -195,7 +208,6 @@ fn one_region_mapped_twice_at_different_addresses() {
     assert!(la.connect_at(b"y", 0).0.allowed);
     assert_eq!(la.connect_at(b"y", 0).0.reason, Reason::ConcurrentConnections);
     drop((la, lb, a, b));
-    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
