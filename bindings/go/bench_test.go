@@ -134,7 +134,9 @@ func BenchmarkCheckMessageAtRawCgo(b *testing.B) {
 	denied := 0
 	stop := threadCPUTimer(b)
 	for i := 0; i < b.N; i++ {
-		if !cCheckMessageAt(lim.ptr, h, 64, uint64(i/1000)).Allowed {
+		var d cDecision
+		cCheckMessageAt(lim.ptr, h, 64, uint64(i/1000), &d)
+		if !decisionFromC(&d).Allowed {
 			denied++
 		}
 	}

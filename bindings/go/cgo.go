@@ -15,16 +15,34 @@ package ratethrottle
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../include
 #cgo LDFLAGS: -L${SRCDIR}/../../target/release -l:libratethrottle.a -lm -ldl -lpthread
+// The hot calls go through the static shims below, which write the decision
+// through an out-pointer to the Go caller's stack variable instead of
+// returning the 40-byte rt_decision by value (a by-value struct result
+// crosses cgo through extra stack copies that cost ~30 ns per call).
+//
+// noescape: the C side never keeps a pointer it is given (the id/key bytes
+// and the out-pointer are used during the call only, per the header's
+// ownership notes), so cgo need not move the Go variables to the heap.
+// nocallback: these C functions never call back into Go. The only way the
+// engine runs foreign code inside a check is the violation callback
+// (rt_set_violation_callback), and it is per handle: this package never
+// registers one (it drains the violation ring from a goroutine instead, see
+// violations.go) and exports no Go function to C (no //export). Another
+// process attached to a shared region has its own handle and callback,
+// which never run in this process. If the package ever registers a violation
+// callback, these nocallback lines must go.
 #cgo noescape rtg_connect
 #cgo nocallback rtg_connect
 #cgo noescape rtg_connect_at
 #cgo nocallback rtg_connect_at
-#cgo noescape rt_check_key
-#cgo nocallback rt_check_key
-#cgo noescape rt_check_key_at
-#cgo nocallback rt_check_key_at
-#cgo nocallback rt_check_message
-#cgo nocallback rt_check_message_at
+#cgo noescape rtg_check_key
+#cgo nocallback rtg_check_key
+#cgo noescape rtg_check_key_at
+#cgo nocallback rtg_check_key_at
+#cgo noescape rtg_check_message
+#cgo nocallback rtg_check_message
+#cgo noescape rtg_check_message_at
+#cgo nocallback rtg_check_message_at
 #cgo nocallback rt_disconnect
 #cgo noescape rt_client_connections
 #cgo nocallback rt_client_connections
@@ -34,25 +52,35 @@ package ratethrottle
 #include <stdlib.h>
 #include "ratethrottle.h"
 
-// rt_connect's decision and handle in one value, so that no Go pointer is
-// passed for the out-parameter (which would make it escape to the heap).
-typedef struct {
-	rt_decision d;
-	rt_conn conn;
-} rtg_connect_result;
-
-static inline rtg_connect_result rtg_connect(rt_limiter *lim, const uint8_t *id, size_t len) {
-	rtg_connect_result r;
-	r.conn = 0;
-	r.d = rt_connect(lim, id, len, &r.conn);
-	return r;
+// The shims: the decision goes to *out (the caller's stack; never kept).
+// restrict lets the compiler hand out to the engine as the result slot
+// (no copy through a temporary). lim is the handle as an integer (see lp).
+static inline rt_conn rtg_connect(uintptr_t lim, const uint8_t *id, size_t len, rt_decision *restrict out) {
+	rt_conn conn = 0;
+	*out = rt_connect((rt_limiter *)lim, id, len, &conn);
+	return conn;
 }
 
-static inline rtg_connect_result rtg_connect_at(rt_limiter *lim, const uint8_t *id, size_t len, uint64_t now_ms) {
-	rtg_connect_result r;
-	r.conn = 0;
-	r.d = rt_connect_at(lim, id, len, now_ms, &r.conn);
-	return r;
+static inline rt_conn rtg_connect_at(uintptr_t lim, const uint8_t *id, size_t len, uint64_t now_ms, rt_decision *restrict out) {
+	rt_conn conn = 0;
+	*out = rt_connect_at((rt_limiter *)lim, id, len, now_ms, &conn);
+	return conn;
+}
+
+static inline void rtg_check_message(uintptr_t lim, rt_conn conn, uint64_t size, rt_decision *restrict out) {
+	*out = rt_check_message((rt_limiter *)lim, conn, size);
+}
+
+static inline void rtg_check_message_at(uintptr_t lim, rt_conn conn, uint64_t size, uint64_t now_ms, rt_decision *restrict out) {
+	*out = rt_check_message_at((rt_limiter *)lim, conn, size, now_ms);
+}
+
+static inline void rtg_check_key(uintptr_t lim, const uint8_t *key, size_t len, uint64_t size, rt_decision *restrict out) {
+	*out = rt_check_key((rt_limiter *)lim, key, len, size);
+}
+
+static inline void rtg_check_key_at(uintptr_t lim, const uint8_t *key, size_t len, uint64_t size, uint64_t now_ms, rt_decision *restrict out) {
+	*out = rt_check_key_at((rt_limiter *)lim, key, len, size, now_ms);
 }
 
 // The empty C function the benchmarks compare against.
@@ -67,6 +95,9 @@ import (
 
 // cLimiter is the C handle type, named so other files need not import "C".
 type cLimiter = C.rt_limiter
+
+// cDecision is the engine's rt_decision, filled in by the hot calls below.
+type cDecision = C.rt_decision
 
 func emptyCgo() { C.rtg_empty() }
 
@@ -86,7 +117,9 @@ func idPtrBytes(b []byte) cID {
 	return cID{(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b))), C.size_t(len(b))}
 }
 
-func decisionFromC(d C.rt_decision) Decision {
+// decisionFromC reads the fields of a decision the engine wrote into a Go
+// stack variable, one by one (no copy of the whole C struct).
+func decisionFromC(d *C.rt_decision) Decision {
 	return Decision{
 		Allowed:    bool(d.allowed),
 		Reason:     Reason(d.reason),
@@ -233,32 +266,43 @@ func cUpdateLimits(p *C.rt_limiter, l Limits) (uint32, string) {
 
 func cReapDead(p *C.rt_limiter) int { return int(C.rt_reap_dead(p)) }
 
-func cConnect(p *C.rt_limiter, id cID) (Decision, uint64) {
-	r := C.rtg_connect(p, id.p, id.n)
-	return decisionFromC(r.d), uint64(r.conn)
+// lp passes the engine handle to the shims as an integer. A pointer argument
+// of an opaque C type makes cgo call cgoCheckPointer on every call (it
+// cannot tell that the type holds no Go pointers); the handle is memory the
+// engine allocated (or a region in an mmap-ed file), never Go memory, so
+// that check can only pass. Measured: about 8-10 ns less per check.
+func lp(p *C.rt_limiter) C.uintptr_t { return C.uintptr_t(uintptr(unsafe.Pointer(p))) }
+
+// The hot calls write the engine's decision into *out, a variable on the
+// caller's stack (noescape keeps it there); the caller converts it with
+// decisionFromC once, after leaving the in-flight guard, so that the
+// Decision is built once, in place, instead of being copied through every
+// return.
+
+func cConnect(p *C.rt_limiter, id cID, out *cDecision) uint64 {
+	return uint64(C.rtg_connect(lp(p), id.p, id.n, out))
 }
 
-func cConnectAt(p *C.rt_limiter, id cID, nowMs uint64) (Decision, uint64) {
-	r := C.rtg_connect_at(p, id.p, id.n, C.uint64_t(nowMs))
-	return decisionFromC(r.d), uint64(r.conn)
+func cConnectAt(p *C.rt_limiter, id cID, nowMs uint64, out *cDecision) uint64 {
+	return uint64(C.rtg_connect_at(lp(p), id.p, id.n, C.uint64_t(nowMs), out))
 }
 
 func cDisconnect(p *C.rt_limiter, h uint64) { C.rt_disconnect(p, C.rt_conn(h)) }
 
-func cCheckMessage(p *C.rt_limiter, h uint64, size uint64) Decision {
-	return decisionFromC(C.rt_check_message(p, C.rt_conn(h), C.uint64_t(size)))
+func cCheckMessage(p *C.rt_limiter, h uint64, size uint64, out *cDecision) {
+	C.rtg_check_message(lp(p), C.rt_conn(h), C.uint64_t(size), out)
 }
 
-func cCheckMessageAt(p *C.rt_limiter, h uint64, size, nowMs uint64) Decision {
-	return decisionFromC(C.rt_check_message_at(p, C.rt_conn(h), C.uint64_t(size), C.uint64_t(nowMs)))
+func cCheckMessageAt(p *C.rt_limiter, h uint64, size, nowMs uint64, out *cDecision) {
+	C.rtg_check_message_at(lp(p), C.rt_conn(h), C.uint64_t(size), C.uint64_t(nowMs), out)
 }
 
-func cCheckKey(p *C.rt_limiter, k cID, size uint64) Decision {
-	return decisionFromC(C.rt_check_key(p, k.p, k.n, C.uint64_t(size)))
+func cCheckKey(p *C.rt_limiter, k cID, size uint64, out *cDecision) {
+	C.rtg_check_key(lp(p), k.p, k.n, C.uint64_t(size), out)
 }
 
-func cCheckKeyAt(p *C.rt_limiter, k cID, size, nowMs uint64) Decision {
-	return decisionFromC(C.rt_check_key_at(p, k.p, k.n, C.uint64_t(size), C.uint64_t(nowMs)))
+func cCheckKeyAt(p *C.rt_limiter, k cID, size, nowMs uint64, out *cDecision) {
+	C.rtg_check_key_at(lp(p), k.p, k.n, C.uint64_t(size), C.uint64_t(nowMs), out)
 }
 
 func cClientConnections(p *C.rt_limiter, id cID) int {

@@ -57,14 +57,14 @@ func (c *Conn) checkMessage(size int, nowMs uint64, at bool) Decision {
 	if g == nil {
 		return refused(ErrClosed)
 	}
-	var d Decision
+	var d cDecision
 	if at {
-		d = cCheckMessageAt(l.ptr, c.h.Load(), uint64(size), nowMs)
+		cCheckMessageAt(l.ptr, c.h.Load(), uint64(size), nowMs, &d)
 	} else {
-		d = cCheckMessage(l.ptr, c.h.Load(), uint64(size))
+		cCheckMessage(l.ptr, c.h.Load(), uint64(size), &d)
 	}
 	l.leave(g)
-	return d
+	return decisionFromC(&d)
 }
 
 // Close frees the connection's concurrency slot. Idempotent; closing after

@@ -154,15 +154,15 @@ func (l *Limiter) connect(id cID, nowMs uint64, at bool) (*Conn, Decision) {
 	if g == nil {
 		return nil, refused(ErrClosed)
 	}
-	var d Decision
+	var d cDecision
 	var h uint64
 	if at {
-		d, h = cConnectAt(l.ptr, id, nowMs)
+		h = cConnectAt(l.ptr, id, nowMs, &d)
 	} else {
-		d, h = cConnect(l.ptr, id)
+		h = cConnect(l.ptr, id, &d)
 	}
 	l.leave(g)
-	return l.conn(d, h)
+	return l.conn(decisionFromC(&d), h)
 }
 
 func (l *Limiter) conn(d Decision, h uint64) (*Conn, Decision) {
@@ -210,14 +210,14 @@ func (l *Limiter) checkKey(key cID, size int, nowMs uint64, at bool) Decision {
 	if g == nil {
 		return refused(ErrClosed)
 	}
-	var d Decision
+	var d cDecision
 	if at {
-		d = cCheckKeyAt(l.ptr, key, uint64(size), nowMs)
+		cCheckKeyAt(l.ptr, key, uint64(size), nowMs, &d)
 	} else {
-		d = cCheckKey(l.ptr, key, uint64(size))
+		cCheckKey(l.ptr, key, uint64(size), &d)
 	}
 	l.leave(g)
-	return d
+	return decisionFromC(&d)
 }
 
 // ClientConnections is the number of live connections of clientID (0 when
