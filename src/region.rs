@@ -90,6 +90,52 @@ pub(crate) struct LimitSet {
     pub flags: AtomicU32,
 }
 
+impl LimitSet {
+    #[inline(always)]
+    fn window(&self) -> crate::window::Divisor {
+        crate::window::Divisor {
+            d: self.window_ms.load(Ordering::Relaxed),
+            magic: self.window_magic.load(Ordering::Relaxed),
+            shift: self.window_shift.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every field (a read of a set that may be flipped meanwhile: see
+    /// [`Header::snapshot`]).
+    #[inline(always)]
+    fn snapshot(&self) -> Snapshot {
+        let window = self.window();
+        Snapshot {
+            window_ms: window.d,
+            window,
+            window_offset: self.window_offset.load(Ordering::Relaxed),
+            connections_per_window: self.connections_per_window.load(Ordering::Relaxed),
+            max_concurrent: self.max_concurrent.load(Ordering::Relaxed),
+            messages_per_window: self.messages_per_window.load(Ordering::Relaxed),
+            bytes_per_window: self.bytes_per_window.load(Ordering::Relaxed),
+            max_message_size: self.max_message_size.load(Ordering::Relaxed),
+            client_messages: self.client_messages.load(Ordering::Relaxed),
+            client_bytes: self.client_bytes.load(Ordering::Relaxed),
+            flags: self.flags.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The fields a message or key check reads.
+    #[inline(always)]
+    fn message_limits(&self) -> MessageLimits {
+        MessageLimits {
+            window: self.window(),
+            window_offset: self.window_offset.load(Ordering::Relaxed),
+            messages_per_window: self.messages_per_window.load(Ordering::Relaxed),
+            bytes_per_window: self.bytes_per_window.load(Ordering::Relaxed),
+            max_message_size: self.max_message_size.load(Ordering::Relaxed),
+            client_messages: self.client_messages.load(Ordering::Relaxed),
+            client_bytes: self.client_bytes.load(Ordering::Relaxed),
+            dry_run: self.flags.load(Ordering::Relaxed) & FLAG_DRY_RUN != 0,
+        }
+    }
+}
+
 /// A 64-bit word alone on its cache line (free-list heads, shard locks).
 #[repr(C, align(64))]
 pub(crate) struct Padded(pub AtomicU64);
@@ -312,33 +358,11 @@ impl Header {
         // Acquire: the set's fields were written before the flip we read.
         let mut a = self.limits_active.load(Ordering::Acquire);
         loop {
-            let set = &self.limits[(a & 1) as usize];
-            let window_ms = set.window_ms.load(Ordering::Relaxed);
-            let snap = Snapshot {
-                window_ms,
-                window: crate::window::Divisor {
-                    d: window_ms,
-                    magic: set.window_magic.load(Ordering::Relaxed),
-                    shift: set.window_shift.load(Ordering::Relaxed),
-                },
-                window_offset: set.window_offset.load(Ordering::Relaxed),
-                connections_per_window: set.connections_per_window.load(Ordering::Relaxed),
-                max_concurrent: set.max_concurrent.load(Ordering::Relaxed),
-                messages_per_window: set.messages_per_window.load(Ordering::Relaxed),
-                bytes_per_window: set.bytes_per_window.load(Ordering::Relaxed),
-                max_message_size: set.max_message_size.load(Ordering::Relaxed),
-                client_messages: set.client_messages.load(Ordering::Relaxed),
-                client_bytes: set.client_bytes.load(Ordering::Relaxed),
-                flags: set.flags.load(Ordering::Relaxed),
-            };
-            // Acquire fence: the field loads above happen before the re-read.
-            crate::sync::fence(Ordering::Acquire);
-            let b = self.limits_active.load(Ordering::Relaxed);
-            if a == b {
+            if let Some(snap) = self.read_set(a, LimitSet::snapshot) {
                 return snap;
             }
             // A flip completed while we read (system-wide progress): again.
-            a = b;
+            a = self.limits_active.load(Ordering::Relaxed);
             crate::sync::fence(Ordering::Acquire);
         }
     }
@@ -349,25 +373,17 @@ impl Header {
     #[inline(always)]
     pub(crate) fn message_limits(&self) -> Option<MessageLimits> {
         // Acquire: as in `snapshot`.
-        let a = self.limits_active.load(Ordering::Acquire);
-        let set = &self.limits[(a & 1) as usize];
-        let m = MessageLimits {
-            window: crate::window::Divisor {
-                d: set.window_ms.load(Ordering::Relaxed),
-                magic: set.window_magic.load(Ordering::Relaxed),
-                shift: set.window_shift.load(Ordering::Relaxed),
-            },
-            window_offset: set.window_offset.load(Ordering::Relaxed),
-            messages_per_window: set.messages_per_window.load(Ordering::Relaxed),
-            bytes_per_window: set.bytes_per_window.load(Ordering::Relaxed),
-            max_message_size: set.max_message_size.load(Ordering::Relaxed),
-            client_messages: set.client_messages.load(Ordering::Relaxed),
-            client_bytes: set.client_bytes.load(Ordering::Relaxed),
-            dry_run: set.flags.load(Ordering::Relaxed) & FLAG_DRY_RUN != 0,
-        };
-        // Acquire fence: the field loads above happen before the re-read.
+        self.read_set(self.limits_active.load(Ordering::Acquire), LimitSet::message_limits)
+    }
+
+    /// Reads set `a & 1` with `read`; `None` when the flip word is no longer
+    /// `a` after the read (the read may then be torn).
+    #[inline(always)]
+    fn read_set<T>(&self, a: u64, read: impl FnOnce(&LimitSet) -> T) -> Option<T> {
+        let v = read(&self.limits[(a & 1) as usize]);
+        // Acquire fence: the field loads of `read` happen before the re-read.
         crate::sync::fence(Ordering::Acquire);
-        (self.limits_active.load(Ordering::Relaxed) == a).then_some(m)
+        (self.limits_active.load(Ordering::Relaxed) == a).then_some(v)
     }
 
     /// Writes new limits into the inactive set and flips to it. `now_ms`
