@@ -232,7 +232,7 @@ func runParallelKeyed(b *testing.B, check func(key string) bool) {
 
 // The same keyed work from one goroutine, to see how each scales to two.
 func BenchmarkKeyedSerial(b *testing.B) {
-	serial := func(b *testing.B, check func(key string) bool) {
+	keyedCases(b, func(b *testing.B, check func(key string) bool) {
 		ks := keys()
 		denied := 0
 		stop := threadCPUTimer(b)
@@ -243,44 +243,23 @@ func BenchmarkKeyedSerial(b *testing.B) {
 		}
 		stop()
 		checkAllAllowed(b, denied)
-	}
-	b.Run("ratethrottle-connect-close", func(b *testing.B) {
-		lim, err := New(keyedBenchLimits())
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer lim.Close()
-		serial(b, func(k string) bool {
-			c, d := lim.Connect(k)
-			c.Close()
-			return d.Allowed
-		})
-	})
-	b.Run("ratethrottle-check-key", func(b *testing.B) {
-		lim, err := New(keyedBenchLimits())
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer lim.Close()
-		serial(b, func(k string) bool { return lim.CheckKey(k, 64).Allowed })
-	})
-	b.Run("mutex-map-x-time-rate", func(b *testing.B) {
-		mm := &mutexMap{m: map[string]*rate.Limiter{}}
-		for _, k := range keys() {
-			mm.allow(k)
-		}
-		serial(b, mm.allow)
 	})
 }
 
 func BenchmarkKeyedParallel(b *testing.B) {
+	keyedCases(b, runParallelKeyed)
+}
+
+// keyedCases runs the keyed work of the engine and of its peer, each
+// through run (one goroutine or two).
+func keyedCases(b *testing.B, run func(b *testing.B, check func(key string) bool)) {
 	b.Run("ratethrottle-connect-close", func(b *testing.B) {
 		lim, err := New(keyedBenchLimits())
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer lim.Close()
-		runParallelKeyed(b, func(k string) bool {
+		run(b, func(k string) bool {
 			c, d := lim.Connect(k)
 			c.Close()
 			return d.Allowed
@@ -292,13 +271,13 @@ func BenchmarkKeyedParallel(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer lim.Close()
-		runParallelKeyed(b, func(k string) bool { return lim.CheckKey(k, 64).Allowed })
+		run(b, func(k string) bool { return lim.CheckKey(k, 64).Allowed })
 	})
 	b.Run("mutex-map-x-time-rate", func(b *testing.B) {
 		mm := &mutexMap{m: map[string]*rate.Limiter{}}
 		for _, k := range keys() {
 			mm.allow(k)
 		}
-		runParallelKeyed(b, mm.allow)
+		run(b, mm.allow)
 	})
 }
