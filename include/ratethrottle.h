@@ -84,6 +84,12 @@
 #define RT_STATUS_PANIC 9
 
 /**
+ * A system call on a shared region's file failed (`rt_limiter_open_file`);
+ * `errno` says why.
+ */
+#define RT_STATUS_IO_ERROR 10
+
+/**
  * Allowed.
  */
 #define RT_OK 0
@@ -167,7 +173,8 @@
 
 /**
  * A rate limiter (opaque). Create it with `rt_limiter_new`,
- * `rt_limiter_init_in` or `rt_limiter_attach`; release it with
+ * `rt_limiter_init_in`, `rt_limiter_attach` or `rt_limiter_open_file`;
+ * release it with
  * `rt_limiter_free`, exactly once.
  *
  * Thread-safety: every function taking an `rt_limiter` may be called from
@@ -611,9 +618,10 @@ size_t rt_limits_error(const struct rt_limits *l, char *buf, size_t cap);
 rt_status rt_limiter_new(const struct rt_limits *l, struct rt_limiter **out);
 
 /**
- * Releases a limiter made by `rt_limiter_new`, `rt_limiter_init_in` or
- * `rt_limiter_attach`: frees the handle, its violation callback, and (for
- * `rt_limiter_new` only) its heap state. Memory given to
+ * Releases a limiter made by `rt_limiter_new`, `rt_limiter_init_in`,
+ * `rt_limiter_attach` or `rt_limiter_open_file`: frees the handle, its
+ * violation callback, and its heap state (`rt_limiter_new`) or its
+ * mapping of the file (`rt_limiter_open_file`; the file stays). Memory given to
  * `rt_limiter_init_in` / `rt_limiter_attach` is not freed: the caller owns
  * it, and other handles attached to it keep working.
  *
@@ -667,6 +675,43 @@ rt_status rt_limiter_init_in(void *mem,
                              size_t len,
                              const struct rt_limits *l,
                              struct rt_limiter **out);
+
+/**
+ * Creates or attaches a region in the file at `path` (a NUL-terminated
+ * path; use tmpfs, for example `/dev/shm/myapp-limits`), mapped
+ * `MAP_SHARED`, so that every process on the host that opens the same path
+ * enforces one set of limits. Returns a new handle in `*out` (written only
+ * on `RT_STATUS_OK`); `rt_limiter_free` unmaps the file (the file stays).
+ *
+ * With `l` non-NULL a missing or empty file is created (mode 0600) and
+ * formatted for `*l`; a file that already holds a region is attached, and
+ * the region's own limits apply (`*l` is then only validated; change a
+ * live region's limits with `rt_limiter_update_limits`). With `l` NULL the
+ * file must already hold a region. `*attached` (when `attached` is not
+ * NULL) says which happened. An exclusive `flock` on the file serialises
+ * create against attach, so exactly one process formats; an attach also
+ * frees the connections of processes that died holding them
+ * (`rt_reap_dead`). A failed format leaves the file empty.
+ *
+ * Returns `RT_STATUS_NULL_ARGUMENT` (path or out NULL),
+ * `RT_STATUS_INVALID_ARGUMENT` (struct_size, reserved),
+ * `RT_STATUS_INVALID_LIMITS`, `RT_STATUS_INCOMPATIBLE_REGION` (the file is
+ * empty with l NULL, or holds something that is not a region of this
+ * layout version: it is left untouched), `RT_STATUS_REGION_TOO_SMALL`,
+ * `RT_STATUS_IO_ERROR` (open, flock, fstat, ftruncate or mmap failed:
+ * `errno` is that call's error on return). Do not truncate the file while
+ * it is mapped (SIGBUS). Thread-safe.
+ *
+ * # Safety
+ * `path` must be NULL or a NUL-terminated string; `l` must be NULL or point
+ * to readable memory of `l->struct_size` bytes; `out` must be NULL or valid
+ * for a write of a pointer; `attached` must be NULL or valid for a write of
+ * a bool.
+ */
+rt_status rt_limiter_open_file(const char *path,
+                               const struct rt_limits *l,
+                               struct rt_limiter **out,
+                               bool *attached);
 
 /**
  * Attaches to a region that `rt_limiter_init_in` formatted in `mem[0..len)`

@@ -25,6 +25,16 @@ pub enum Error {
     UnknownConnection,
     /// No slot is free for a new client or connection.
     TableFull,
+    /// A system call on a shared region's file failed
+    /// ([`Limiter::open_file`](crate::Limiter::open_file)).
+    Io {
+        /// What failed, e.g. "cannot open".
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The OS error number (`errno`).
+        errno: i32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -39,6 +49,9 @@ impl fmt::Display for Error {
             Error::IncompatibleRegion(why) => write!(f, "incompatible region: {why}"),
             Error::UnknownConnection => f.write_str("unknown connection"),
             Error::TableFull => f.write_str("table full"),
+            Error::Io { what, path, errno } => {
+                write!(f, "{what} {path}: {}", std::io::Error::from_raw_os_error(*errno))
+            }
         }
     }
 }

@@ -47,6 +47,8 @@ mod error;
 mod events;
 #[cfg(not(loom))]
 pub mod ffi;
+#[cfg(not(loom))]
+mod file;
 mod limiter;
 mod limits;
 mod memory;
@@ -60,6 +62,8 @@ mod window;
 pub use decision::{Decision, Reason, REASON_COUNT};
 pub use error::Error;
 pub use events::{Violation, ViolationCallback};
+#[cfg(not(loom))]
+pub use file::Opened;
 pub use limiter::{Conn, Limiter};
 pub use limits::{
     Limits, LimitsError, MAX_BYTES_PER_WINDOW, MAX_CAPACITY, MAX_CONNECTIONS_PER_WINDOW, MAX_MESSAGES_PER_WINDOW,

@@ -15,6 +15,8 @@ use crate::conn::{self, NO_CLIENT};
 use crate::decision::{Decision, Reason};
 use crate::error::Error;
 use crate::events::{self, Callbacks, Violation, ViolationCallback};
+#[cfg(not(loom))]
+use crate::file::Opened;
 use crate::limits::Limits;
 use crate::memory::Owned;
 use crate::packed::{Conns, Traffic, BYTES_MAX, CONN_MAX, MSGS_MAX, TAG_MASK};
@@ -237,6 +239,62 @@ impl Limiter {
         // SAFETY: forwarded from the caller.
         let region = unsafe { Region::attach(mem, len)? };
         Ok(Limiter::from_region(region, Memory::Borrowed))
+    }
+
+    /// Creates or attaches a region in the file at `path` (use tmpfs, for
+    /// example `/dev/shm/myapp-limits`), mapped `MAP_SHARED`, so that every
+    /// process on the host that opens the same path enforces one set of
+    /// limits: one client's connections, windows and counters are shared.
+    ///
+    /// With `Some(limits)` a missing or empty file is created (mode 0600)
+    /// and formatted for `limits` ([`Opened::Created`]); a file that holds a
+    /// region is attached ([`Opened::Attached`]): its own limits apply, and
+    /// `limits` is only validated. With `None` the file must already hold a
+    /// region. An exclusive `flock` serialises create against attach. An
+    /// attach also frees the connections of processes that died holding
+    /// them ([`Limiter::reap_dead`]).
+    ///
+    /// The limiter unmaps the file when dropped; the file stays (remove it
+    /// when no process uses it). Do not truncate it while it is mapped
+    /// (SIGBUS). A file that is not a region of this layout version is
+    /// refused ([`Error::IncompatibleRegion`], or [`Error::RegionTooSmall`]
+    /// when it is shorter than one) and left untouched; a failed system call
+    /// gives [`Error::Io`].
+    ///
+    /// ```
+    /// use ratethrottle::{Limiter, Limits, Opened};
+    ///
+    /// let path = std::env::temp_dir().join(format!("rt-doc-{}", std::process::id()));
+    /// let limits = Limits { max_concurrent_connections: 1, max_clients: 64, max_connections: 64, ..Limits::default() };
+    /// let (a, how) = Limiter::open_file(&path, Some(&limits))?;
+    /// assert_eq!(how, Opened::Created);
+    /// let (b, how) = Limiter::open_file(&path, None)?; // another process would do this
+    /// assert_eq!(how, Opened::Attached);
+    /// let (first, _conn) = a.connect(b"10.0.0.1");
+    /// let (second, _) = b.connect(b"10.0.0.1");
+    /// assert!(first.allowed && !second.allowed); // one limit over both
+    /// # drop((a, b)); std::fs::remove_file(&path).unwrap();
+    /// # Ok::<(), ratethrottle::Error>(())
+    /// ```
+    #[cfg(not(loom))]
+    pub fn open_file(path: impl AsRef<std::path::Path>, limits: Option<&Limits>) -> Result<(Limiter, Opened), Error> {
+        let create_size = limits.map(Region::size_for).transpose()?;
+        let (region, mem, created) = crate::file::open(path.as_ref(), create_size, |base, len, created| {
+            match limits {
+                // SAFETY: a fresh shared mapping of `len` bytes, page
+                // aligned; nobody else uses it while the file lock is held.
+                Some(l) if created => unsafe { Region::init(base, len, l) },
+                // SAFETY: a shared mapping of the whole file; the region
+                // validates what it holds. It lives as long as the limiter.
+                _ => unsafe { Region::attach(base, len) },
+            }
+        })?;
+        let lim = Limiter::from_region(region, Memory::Owned(mem));
+        if created {
+            return Ok((lim, Opened::Created));
+        }
+        lim.reap_dead();
+        Ok((lim, Opened::Attached))
     }
 
     /// The limits in force.

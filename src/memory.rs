@@ -67,6 +67,13 @@ impl Owned {
         Some(Owned { ptr, kind: Kind::Map { base, len } })
     }
 
+    /// Takes ownership of a mapping of `len` bytes at `base` (from `mmap`),
+    /// unmapped on drop.
+    #[cfg(not(loom))]
+    pub(crate) fn mapped(base: *mut u8, len: usize) -> Owned {
+        Owned { ptr: base, kind: Kind::Map { base, len } }
+    }
+
     pub(crate) fn ptr(&self) -> *mut u8 {
         self.ptr
     }

@@ -87,14 +87,15 @@ impl Drop for Aligned {
 #[test]
 fn version_and_every_string() {
     assert_eq!(text(rt_version()), ratethrottle::VERSION);
-    let statuses: Vec<&str> = (0..=RT_STATUS_PANIC).map(|s| text(rt_status_str(s))).collect();
+    let statuses: Vec<&str> = (0..=RT_STATUS_IO_ERROR).map(|s| text(rt_status_str(s))).collect();
     assert_eq!(statuses[RT_STATUS_OK as usize], "ok");
     assert_eq!(statuses[RT_STATUS_PANIC as usize], "internal error (panic)");
+    assert_eq!(statuses[RT_STATUS_IO_ERROR as usize], "i/o error");
     for (i, s) in statuses.iter().enumerate() {
         assert_ne!(*s, "unknown", "status {i}");
         assert!(!statuses[..i].contains(s), "duplicate phrase {s}");
     }
-    for s in [RT_STATUS_PANIC + 1, 99, u32::MAX] {
+    for s in [RT_STATUS_IO_ERROR + 1, 99, u32::MAX] {
         assert_eq!(text(rt_status_str(s)), "unknown");
     }
     for r in Reason::ALL {

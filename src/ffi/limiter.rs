@@ -9,8 +9,9 @@
 use super::limits::{read_limits, rt_limits};
 use super::{boundary, rt_status, status_boundary, status_of};
 use super::{RT_STATUS_INVALID_ARGUMENT, RT_STATUS_NULL_ARGUMENT};
-use crate::Limiter;
-use core::ffi::c_void;
+use crate::{Error, Limiter, Opened};
+use core::ffi::{c_char, c_void, CStr};
+use std::os::unix::ffi::OsStrExt;
 
 /// "rtlimitr": a live handle.
 const LIVE: u64 = u64::from_le_bytes(*b"rtlimitr");
@@ -18,7 +19,8 @@ const LIVE: u64 = u64::from_le_bytes(*b"rtlimitr");
 const FREED: u64 = u64::from_le_bytes(*b"rtfreed!");
 
 /// A rate limiter (opaque). Create it with `rt_limiter_new`,
-/// `rt_limiter_init_in` or `rt_limiter_attach`; release it with
+/// `rt_limiter_init_in`, `rt_limiter_attach` or `rt_limiter_open_file`;
+/// release it with
 /// `rt_limiter_free`, exactly once.
 ///
 /// Thread-safety: every function taking an `rt_limiter` may be called from
@@ -94,9 +96,10 @@ pub unsafe extern "C" fn rt_limiter_new(l: *const rt_limits, out: *mut *mut rt_l
     })
 }
 
-/// Releases a limiter made by `rt_limiter_new`, `rt_limiter_init_in` or
-/// `rt_limiter_attach`: frees the handle, its violation callback, and (for
-/// `rt_limiter_new` only) its heap state. Memory given to
+/// Releases a limiter made by `rt_limiter_new`, `rt_limiter_init_in`,
+/// `rt_limiter_attach` or `rt_limiter_open_file`: frees the handle, its
+/// violation callback, and its heap state (`rt_limiter_new`) or its
+/// mapping of the file (`rt_limiter_open_file`; the file stays). Memory given to
 /// `rt_limiter_init_in` / `rt_limiter_attach` is not freed: the caller owns
 /// it, and other handles attached to it keep working.
 ///
@@ -187,6 +190,73 @@ pub unsafe extern "C" fn rt_limiter_init_in(
         // SAFETY: mem is valid for len bytes and outlives the limiter
         // per the caller; the engine checks alignment and size.
         let inner = unsafe { Limiter::init_in(mem.cast(), len, &limits) }.map_err(|e| status_of(&e))?;
+        // SAFETY: out is non-NULL and writable per the caller.
+        unsafe { hand_out(inner, out) };
+        Ok(())
+    })
+}
+
+/// Creates or attaches a region in the file at `path` (a NUL-terminated
+/// path; use tmpfs, for example `/dev/shm/myapp-limits`), mapped
+/// `MAP_SHARED`, so that every process on the host that opens the same path
+/// enforces one set of limits. Returns a new handle in `*out` (written only
+/// on `RT_STATUS_OK`); `rt_limiter_free` unmaps the file (the file stays).
+///
+/// With `l` non-NULL a missing or empty file is created (mode 0600) and
+/// formatted for `*l`; a file that already holds a region is attached, and
+/// the region's own limits apply (`*l` is then only validated; change a
+/// live region's limits with `rt_limiter_update_limits`). With `l` NULL the
+/// file must already hold a region. `*attached` (when `attached` is not
+/// NULL) says which happened. An exclusive `flock` on the file serialises
+/// create against attach, so exactly one process formats; an attach also
+/// frees the connections of processes that died holding them
+/// (`rt_reap_dead`). A failed format leaves the file empty.
+///
+/// Returns `RT_STATUS_NULL_ARGUMENT` (path or out NULL),
+/// `RT_STATUS_INVALID_ARGUMENT` (struct_size, reserved),
+/// `RT_STATUS_INVALID_LIMITS`, `RT_STATUS_INCOMPATIBLE_REGION` (the file is
+/// empty with l NULL, or holds something that is not a region of this
+/// layout version: it is left untouched), `RT_STATUS_REGION_TOO_SMALL`,
+/// `RT_STATUS_IO_ERROR` (open, flock, fstat, ftruncate or mmap failed:
+/// `errno` is that call's error on return). Do not truncate the file while
+/// it is mapped (SIGBUS). Thread-safe.
+///
+/// # Safety
+/// `path` must be NULL or a NUL-terminated string; `l` must be NULL or point
+/// to readable memory of `l->struct_size` bytes; `out` must be NULL or valid
+/// for a write of a pointer; `attached` must be NULL or valid for a write of
+/// a bool.
+#[no_mangle]
+pub unsafe extern "C" fn rt_limiter_open_file(
+    path: *const c_char,
+    l: *const rt_limits,
+    out: *mut *mut rt_limiter,
+    attached: *mut bool,
+) -> rt_status {
+    status_boundary(|| {
+        if path.is_null() || out.is_null() {
+            return Err(RT_STATUS_NULL_ARGUMENT);
+        }
+        let limits = if l.is_null() {
+            None
+        } else {
+            // SAFETY: forwarded from the caller.
+            Some(unsafe { read_limits(l) }.map_err(|r| r.status)?)
+        };
+        // SAFETY: a NUL-terminated string per the caller.
+        let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(bytes));
+        let (inner, how) = Limiter::open_file(path, limits.as_ref()).map_err(|e| {
+            if let Error::Io { errno, .. } = e {
+                // SAFETY: errno is this thread's; the C caller reads it.
+                unsafe { *libc::__errno_location() = errno };
+            }
+            status_of(&e)
+        })?;
+        if !attached.is_null() {
+            // SAFETY: non-NULL and writable per the caller.
+            unsafe { attached.write(how == Opened::Attached) };
+        }
         // SAFETY: out is non-NULL and writable per the caller.
         unsafe { hand_out(inner, out) };
         Ok(())

@@ -76,6 +76,9 @@ pub const RT_STATUS_TABLE_FULL: u32 = 8;
 /// An internal error (a Rust panic) was caught at the boundary. The limiter
 /// stays usable; please report it.
 pub const RT_STATUS_PANIC: u32 = 9;
+/// A system call on a shared region's file failed (`rt_limiter_open_file`);
+/// `errno` says why.
+pub const RT_STATUS_IO_ERROR: u32 = 10;
 
 /// Why a request was denied (or, in dry-run mode, would have been): one of
 /// the `RT_*` reason values (`RT_OK` when allowed). A plain `uint32_t`; the
@@ -246,6 +249,7 @@ pub(crate) fn status_of(e: &Error) -> rt_status {
         Error::IncompatibleRegion(_) => RT_STATUS_INCOMPATIBLE_REGION,
         Error::UnknownConnection => RT_STATUS_UNKNOWN_CONNECTION,
         Error::TableFull => RT_STATUS_TABLE_FULL,
+        Error::Io { .. } => RT_STATUS_IO_ERROR,
     }
 }
 

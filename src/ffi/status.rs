@@ -3,6 +3,7 @@
 //! Every string returned here is static, NUL-terminated, owned by the
 //! library and never NULL: the caller must not free or modify it.
 
+use super::RT_STATUS_IO_ERROR;
 use super::{boundary, rt_reason, rt_status};
 use super::{
     RT_STATUS_INCOMPATIBLE_REGION, RT_STATUS_INVALID_ARGUMENT, RT_STATUS_INVALID_LIMITS, RT_STATUS_NULL_ARGUMENT,
@@ -51,6 +52,7 @@ pub extern "C" fn rt_status_str(s: rt_status) -> *const c_char {
                 RT_STATUS_UNKNOWN_CONNECTION => c"unknown connection",
                 RT_STATUS_TABLE_FULL => c"table full",
                 RT_STATUS_PANIC => c"internal error (panic)",
+                RT_STATUS_IO_ERROR => c"i/o error",
                 _ => UNKNOWN,
             };
             text.as_ptr()

@@ -19,7 +19,8 @@ static void strings(void) {
   CHECK_STR(rt_status_str(RT_STATUS_UNKNOWN_CONNECTION), "unknown connection");
   CHECK_STR(rt_status_str(RT_STATUS_TABLE_FULL), "table full");
   CHECK_STR(rt_status_str(RT_STATUS_PANIC), "internal error (panic)");
-  CHECK_STR(rt_status_str(10), "unknown");
+  CHECK_STR(rt_status_str(RT_STATUS_IO_ERROR), "i/o error");
+  CHECK_STR(rt_status_str(11), "unknown");
   CHECK_STR(rt_status_str(99), "unknown");
   CHECK_STR(rt_status_str(UINT32_MAX), "unknown");
 

@@ -2,10 +2,13 @@
  * Limiters in caller memory: rt_limiter_init_in in aligned_alloc(64) memory,
  * a second handle through rt_limiter_attach (they share limits, counters
  * and the violation ring), attach on garbage and on zeroed memory, misaligned
- * and too-small memory, freeing handles without freeing the memory, and a
- * MAP_SHARED region whose connections a dead process leaves to rt_reap_dead.
+ * and too-small memory, freeing handles without freeing the memory, a
+ * MAP_SHARED region whose connections a dead process leaves to rt_reap_dead,
+ * and rt_limiter_open_file: create, attach from another process, errors.
  */
 #define _DEFAULT_SOURCE
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -206,9 +209,94 @@ static void reap_dead_process(void) {
   munmap(mem, size);
 }
 
+/* rt_limiter_open_file: a file under /dev/shm created by one handle and
+ * attached by a child process and a second handle; the errors. */
+static void open_file(void) {
+  char path[96];
+  snprintf(path, sizeof path, "/dev/shm/ratethrottle-c-test-%d", (int)getpid());
+  unlink(path);
+  rt_limits l = t_limits();
+  l.max_concurrent_connections = 2;
+  rt_limiter *lim = NULL, *other = NULL;
+  bool attached = true;
+
+  CHECK_EQ(rt_limiter_open_file(NULL, &l, &lim, NULL), RT_STATUS_NULL_ARGUMENT);
+  CHECK_EQ(rt_limiter_open_file(path, &l, NULL, NULL), RT_STATUS_NULL_ARGUMENT);
+  /* Attach only, no file: errno says why; nothing is created. */
+  errno = 0;
+  CHECK_EQ(rt_limiter_open_file(path, NULL, &lim, &attached), RT_STATUS_IO_ERROR);
+  CHECK_EQ(errno, ENOENT);
+  CHECK(lim == NULL && access(path, F_OK) != 0);
+  rt_limits bad = l;
+  bad.window_ms = 0;
+  CHECK_EQ(rt_limiter_open_file(path, &bad, &lim, NULL), RT_STATUS_INVALID_LIMITS);
+  CHECK(access(path, F_OK) != 0);
+
+  CHECK_EQ(rt_limiter_open_file(path, &l, &lim, &attached), RT_STATUS_OK);
+  CHECK(lim != NULL && !attached);
+  rt_conn mine = 0;
+  CHECK(rt_connect(lim, ID("client"), &mine).allowed);
+
+  /* Another process attaches (no limits needed) and takes the last slot. */
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    rt_limiter *w = NULL;
+    bool att = false;
+    rt_conn c = 0;
+    int ok = rt_limiter_open_file(path, NULL, &w, &att) == RT_STATUS_OK && att;
+    ok = ok && rt_client_connections(w, ID("client")) == 1 && rt_connect(w, ID("client"), &c).allowed;
+    ok = ok && !rt_connect(w, ID("client"), &c).allowed;
+    rt_disconnect(w, c);
+    rt_limiter_free(w);
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+  /* A second handle with (different) limits attaches: the region's apply. */
+  rt_limits more = l;
+  more.max_concurrent_connections = 9;
+  CHECK_EQ(rt_limiter_open_file(path, &more, &other, &attached), RT_STATUS_OK);
+  CHECK(attached);
+  rt_conn c2 = 0, c3 = 0;
+  CHECK(rt_connect(other, ID("client"), &c2).allowed);
+  CHECK_DECISION(rt_connect(lim, ID("client"), &c3), false, RT_CONCURRENT_CONNECTIONS, 0);
+  rt_disconnect(other, c2);
+  rt_disconnect(lim, mine);
+  rt_limiter_free(other);
+  rt_limiter_free(lim);
+
+  /* The state stays in the file; a file that is not a region is refused. */
+  CHECK_EQ(rt_limiter_open_file(path, NULL, &lim, NULL), RT_STATUS_OK);
+  CHECK_EQ(t_stats(lim).connections_allowed, 3);
+  rt_limiter_free(lim);
+  lim = NULL;
+  FILE *f = fopen(path, "w");
+  CHECK(f != NULL);
+  if (f) {
+    fputs("not a region", f);
+    fclose(f);
+  }
+  CHECK_EQ(rt_limiter_open_file(path, &l, &lim, NULL), RT_STATUS_REGION_TOO_SMALL);
+  f = fopen(path, "w");
+  CHECK(f != NULL);
+  if (f) {
+    for (int i = 0; i < 100000; i++) fputc(i * 7, f);
+    fclose(f);
+  }
+  CHECK_EQ(rt_limiter_open_file(path, &l, &lim, NULL), RT_STATUS_INCOMPATIBLE_REGION);
+  CHECK(lim == NULL);
+  CHECK_EQ(rt_limiter_open_file("/dev/shm", &l, &lim, NULL), RT_STATUS_IO_ERROR);
+  CHECK_STR(rt_status_str(RT_STATUS_IO_ERROR), "i/o error");
+  unlink(path);
+}
+
 int main(void) {
   init_and_attach();
   bad_memory();
   reap_dead_process();
+  open_file();
   return t_done("test_memory");
 }

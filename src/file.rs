@@ -1,0 +1,129 @@
+//! A region in a shared file (for example under `/dev/shm`), so that several
+//! processes on one host enforce one set of limits ([`Limiter::open_file`]).
+//!
+//! Create-or-attach runs under an exclusive `flock` on the file: the first
+//! process finds it empty, sizes it and formats the region; every later one
+//! finds a file that already holds a region and attaches (the engine
+//! validates magic, layout version and sizes). The lock makes "exactly one
+//! process formats, nobody attaches a half-formatted region" hold. The lock
+//! is released before `open_file` returns: it guards only the opening, not
+//! the use. A failed format truncates the file back to empty, so it leaves
+//! no half-made region behind.
+//!
+//! The file is never resized once it holds a region. Truncating it while it
+//! is mapped makes the next access fault (SIGBUS): that is the caller's bug,
+//! as for any shared mapping.
+//!
+//! [`Limiter::open_file`]: crate::Limiter::open_file
+
+use crate::error::Error;
+use crate::memory::Owned;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// How [`Limiter::open_file`](crate::Limiter::open_file) found its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// The file was missing or empty: this call formatted a new region with
+    /// the limits it was given.
+    Created,
+    /// The file already held a region: this call attached to it, and the
+    /// region's own limits apply (change them with `update_limits`).
+    Attached,
+}
+
+/// An open, locked descriptor: unlocked and closed on every way out. The
+/// unlock must be explicit: a `flock` belongs to the open file description,
+/// which a mapping keeps alive after `close`.
+struct Locked(libc::c_int);
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: a descriptor this module opened; unlocking and closing it
+        // once. Both calls can only fail on a bad descriptor.
+        unsafe {
+            libc::flock(self.0, libc::LOCK_UN);
+            libc::close(self.0);
+        }
+    }
+}
+
+fn io_error(what: &'static str, path: &Path) -> Error {
+    Error::Io {
+        what,
+        path: path.display().to_string(),
+        errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+    }
+}
+
+/// Opens (creating when `create_size` is given) and locks the file at
+/// `path`, sizes it when it is empty, maps it `MAP_SHARED`, and runs `setup`
+/// on the mapping with the lock held: `setup(base, len, created)` formats a
+/// new region (`created`) or attaches to the one there. Returns what `setup`
+/// made, the mapping (unmapped when dropped) and `created`.
+pub(crate) fn open<T>(
+    path: &Path,
+    create_size: Option<usize>,
+    setup: impl FnOnce(*mut u8, usize, bool) -> Result<T, Error>,
+) -> Result<(T, Owned, bool), Error> {
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::InvalidArgument("the path contains a NUL byte"))?;
+    let flags = libc::O_RDWR | libc::O_CLOEXEC | if create_size.is_some() { libc::O_CREAT } else { 0 };
+    // SAFETY: a NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(cpath.as_ptr(), flags, 0o600 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io_error("cannot open", path));
+    }
+    let fd = Locked(fd);
+    // SAFETY: a descriptor we own. Blocks while another process opens.
+    if unsafe { libc::flock(fd.0, libc::LOCK_EX) } != 0 {
+        return Err(io_error("cannot lock", path));
+    }
+    // SAFETY: `st` is a plain struct that fstat fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a descriptor we own and a writable stat.
+    if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
+        return Err(io_error("cannot stat", path));
+    }
+    let created = st.st_size == 0;
+    let len = if created {
+        let Some(size) = create_size else {
+            return Err(Error::IncompatibleRegion(format!("{} is empty: no region was created in it", path.display())));
+        };
+        let Ok(off) = libc::off_t::try_from(size) else {
+            return Err(Error::InvalidArgument("region size too large for a file"));
+        };
+        // SAFETY: a descriptor we own, opened for writing.
+        if unsafe { libc::ftruncate(fd.0, off) } != 0 {
+            return Err(io_error("cannot size", path));
+        }
+        size
+    } else {
+        usize::try_from(st.st_size).map_err(|_| Error::InvalidArgument("the file is too large to map"))?
+    };
+    let truncate_back = |e: Error| {
+        if created {
+            // SAFETY: as above. Best effort: the error being returned says
+            // why; a failed truncate leaves a file that attach refuses.
+            unsafe { libc::ftruncate(fd.0, 0) };
+        }
+        e
+    };
+    // SAFETY: a shared mapping of `len` bytes of a file at least that long;
+    // the result is checked.
+    let base = unsafe {
+        libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.0, 0)
+    };
+    if base == libc::MAP_FAILED {
+        return Err(truncate_back(io_error("cannot map", path)));
+    }
+    let mem = Owned::mapped(base.cast(), len);
+    match setup(mem.ptr(), len, created) {
+        Ok(v) => Ok((v, mem, created)),
+        Err(e) => {
+            drop(mem);
+            Err(truncate_back(e))
+        }
+    }
+}

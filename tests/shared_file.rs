@@ -1,0 +1,222 @@
+//! `Limiter::open_file`: processes racing to create-or-attach one file get
+//! exactly one creator and one set of limits (M5, M12); an attach frees the
+//! connections of a process that died (M2); every bad file or path is
+//! refused with a clear error and leaves the file as it was (M4, M6).
+//! Children are this test binary run again with `RT_FILE_CHILD` set.
+#![cfg(not(loom))]
+
+use ratethrottle::{Error, Limiter, Limits, Opened, Reason};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CHILDREN: usize = 4;
+
+/// A path under /dev/shm named for this process and `tag`, removed (with
+/// its start marker) when dropped, so a failing test leaves nothing behind.
+struct ShmPath(PathBuf);
+
+impl ShmPath {
+    fn new(tag: &str) -> ShmPath {
+        let p = ShmPath(PathBuf::from(format!("/dev/shm/ratethrottle-file-test-{}-{tag}", std::process::id())));
+        p.remove();
+        p
+    }
+
+    fn start_marker(&self) -> PathBuf {
+        self.0.with_extension("go")
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(self.start_marker());
+    }
+}
+
+impl Drop for ShmPath {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_concurrent_connections: 7,
+        connections_per_window: 0,
+        max_clients: 1024,
+        max_connections: 1024,
+        ..Limits::default()
+    }
+}
+
+/// What a child does, selected by RT_FILE_CHILD=<task>:<path>.
+fn child(task: &str, path: &Path) {
+    match task {
+        "race" => {
+            // Start together: the parent creates the marker once all are spawned.
+            let marker = path.with_extension("go");
+            let t0 = Instant::now();
+            while !marker.exists() && t0.elapsed() < Duration::from_secs(20) {
+                std::hint::spin_loop();
+            }
+            let (lim, how) = Limiter::open_file(path, Some(&limits())).unwrap();
+            let mut conns = 0;
+            for _ in 0..2000 {
+                if lim.connect_at(b"shared-client", 1000).1.is_some() {
+                    conns += 1;
+                }
+            }
+            println!("RESULT {} {conns}", if how == Opened::Created { "created" } else { "attached" });
+            // Stay alive (holding the connections) until the parent has every
+            // result: an attach after this process died would reap them.
+            std::io::Write::flush(&mut std::io::stdout()).unwrap();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        }
+        "hold" => {
+            let (lim, _) = Limiter::open_file(path, None).unwrap();
+            for _ in 0..3 {
+                assert!(lim.connect_at(b"worker-client", 1000).0.allowed);
+            }
+            println!("RESULT held");
+            // Exit without closing them (a crashed worker).
+            std::process::exit(0);
+        }
+        _ => panic!("unknown child task {task}"),
+    }
+}
+
+fn spawn(task: &str, path: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "file_child_entry", "--nocapture", "--test-threads=1"])
+        .env("RT_FILE_CHILD", format!("{task}:{}", path.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The fields of a child's RESULT line, read while the child still runs.
+fn result_line(c: &mut std::process::Child) -> Vec<String> {
+    use std::io::BufRead;
+    let out = std::io::BufReader::new(c.stdout.as_mut().unwrap());
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(i) = line.find("RESULT ") {
+            return line[i..].split(' ').skip(1).map(str::to_owned).collect();
+        }
+    }
+    panic!("child ended without a result: {:?}", c.wait());
+}
+
+fn results(c: std::process::Child) -> Vec<String> {
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "child failed: {out:?}");
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s.lines().find_map(|l| l.find("RESULT ").map(|i| &l[i..])).unwrap_or_else(|| panic!("no result in {s}"));
+    line.split(' ').skip(1).map(str::to_owned).collect()
+}
+
+#[test]
+fn file_child_entry() {
+    if let Ok(spec) = std::env::var("RT_FILE_CHILD") {
+        let (task, path) = spec.split_once(':').unwrap();
+        child(task, Path::new(path));
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns processes and maps files")]
+fn processes_racing_to_open_one_file_get_one_creator_and_one_limit() {
+    let path = ShmPath::new("race");
+    let mut children: Vec<_> = (0..CHILDREN).map(|_| spawn("race", &path.0)).collect();
+    std::fs::write(path.start_marker(), b"").unwrap();
+    let all: Vec<_> = children.iter_mut().map(result_line).collect();
+    for mut c in children {
+        drop(c.stdin.take()); // let it exit
+        assert!(c.wait().unwrap().success());
+    }
+    let (mut created, mut conns) = (0, 0u64);
+    for r in all {
+        eprintln!("child: {} with {} connections", r[0], r[1]);
+        created += (r[0] == "created") as u32;
+        conns += r[1].parse::<u64>().unwrap();
+    }
+    assert_eq!(created, 1, "exactly one process formats the region");
+    assert_eq!(conns, 7, "the concurrency limit holds exactly across processes");
+    let (lim, how) = Limiter::open_file(&path.0, None).unwrap();
+    assert_eq!(how, Opened::Attached);
+    // The children exited holding their connections: this attach reaped them.
+    assert_eq!(lim.client_connections(b"shared-client"), 0);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns processes and maps files")]
+fn an_attach_frees_the_connections_of_a_dead_process() {
+    let path = ShmPath::new("reap");
+    let l = Limits { max_concurrent_connections: 3, ..limits() };
+    let (lim, how) = Limiter::open_file(&path.0, Some(&l)).unwrap();
+    assert_eq!(how, Opened::Created);
+    let (_, mine) = lim.connect_at(b"mine", 1000);
+    assert_eq!(results(spawn("hold", &path.0)), vec!["held"]);
+    assert_eq!(lim.connect_at(b"worker-client", 1001).0.reason, Reason::ConcurrentConnections);
+    let (again, how) = Limiter::open_file(&path.0, Some(&limits())).unwrap();
+    assert_eq!(how, Opened::Attached);
+    assert_eq!(lim.client_connections(b"worker-client"), 0, "reaped by the attach");
+    assert!(lim.connection_info(mine.unwrap()).is_some(), "a live process keeps its connections");
+    // An attach keeps the region's limits; the ones passed are only validated.
+    assert_eq!(again.limits().max_concurrent_connections, 3);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn handles_over_one_file_share_state_and_the_file_outlives_them() {
+    let path = ShmPath::new("share");
+    let (a, _) = Limiter::open_file(&path.0, Some(&limits())).unwrap();
+    let (b, how) = Limiter::open_file(&path.0, None).unwrap();
+    assert_eq!(how, Opened::Attached);
+    let c = a.connect_at(b"x", 0).1.unwrap();
+    assert_eq!(b.client_connections(b"x"), 1);
+    assert!(b.check_message_at(c, 10, 0).allowed, "a handle works through the other mapping");
+    b.update_limits_at(&Limits { max_concurrent_connections: 1, ..limits() }, 0).unwrap();
+    assert_eq!(a.connect_at(b"x", 0).0.reason, Reason::ConcurrentConnections);
+    drop((a, b));
+    let size = std::fs::metadata(&path.0).unwrap().len();
+    assert_eq!(size as usize, Limiter::region_size(&limits()).unwrap());
+    let (c, how) = Limiter::open_file(&path.0, None).unwrap();
+    assert_eq!(how, Opened::Attached);
+    assert_eq!(c.client_connections(b"x"), 1, "the state lives in the file");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn bad_files_and_paths_are_refused_and_left_as_they_were() {
+    let path = ShmPath::new("bad");
+    // Attach only, and no file: the OS error, naming the file.
+    match Limiter::open_file(&path.0, None) {
+        Err(e @ Error::Io { errno: libc::ENOENT, .. }) => {
+            assert!(e.to_string().starts_with("cannot open /dev/shm/"), "{e}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(!path.0.exists(), "attach-only never creates");
+    // Invalid limits: refused before the file is touched.
+    let bad = Limits { window_ms: 0, ..limits() };
+    assert!(matches!(Limiter::open_file(&path.0, Some(&bad)), Err(Error::InvalidLimits(_))));
+    assert!(!path.0.exists());
+    // An empty file, attach only.
+    std::fs::write(&path.0, b"").unwrap();
+    match Limiter::open_file(&path.0, None) {
+        Err(Error::IncompatibleRegion(why)) => assert!(why.contains("is empty"), "{why}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // A file holding something else, with or without limits: untouched.
+    let garbage: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(&path.0, &garbage).unwrap();
+    for l in [None, Some(&limits())] {
+        assert!(matches!(Limiter::open_file(&path.0, l), Err(Error::IncompatibleRegion(_))));
+        assert_eq!(std::fs::read(&path.0).unwrap(), garbage);
+    }
+    // A NUL byte in the path, and a directory.
+    assert!(matches!(Limiter::open_file("/dev/shm/a\0b", None), Err(Error::InvalidArgument(_))));
+    assert!(matches!(Limiter::open_file("/dev/shm", Some(&limits())), Err(Error::Io { errno: libc::EISDIR, .. })));
+}
