@@ -174,8 +174,7 @@
 /**
  * A rate limiter (opaque). Create it with `rt_limiter_new`,
  * `rt_limiter_init_in`, `rt_limiter_attach` or `rt_limiter_open_file`;
- * release it with
- * `rt_limiter_free`, exactly once.
+ * release it with `rt_limiter_free`, exactly once.
  *
  * Thread-safety: every function taking an `rt_limiter` may be called from
  * any number of threads at once without locking, except `rt_limiter_free`,
@@ -621,9 +620,9 @@ rt_status rt_limiter_new(const struct rt_limits *l, struct rt_limiter **out);
  * Releases a limiter made by `rt_limiter_new`, `rt_limiter_init_in`,
  * `rt_limiter_attach` or `rt_limiter_open_file`: frees the handle, its
  * violation callback, and its heap state (`rt_limiter_new`) or its
- * mapping of the file (`rt_limiter_open_file`; the file stays). Memory given to
- * `rt_limiter_init_in` / `rt_limiter_attach` is not freed: the caller owns
- * it, and other handles attached to it keep working.
+ * mapping of the file (`rt_limiter_open_file`; the file stays). Memory
+ * given to `rt_limiter_init_in` / `rt_limiter_attach` is not freed: the
+ * caller owns it, and other handles attached to it keep working.
  *
  * NULL is a no-op, and so is a pointer that is not a live limiter. Calling it
  * twice on the same pointer is a use after free (caught by ASan / valgrind,
