@@ -144,6 +144,21 @@ func BenchmarkCheckMessageAtRawCgo(b *testing.B) {
 	checkAllAllowed(b, denied)
 }
 
+// The engine's message check inside this Go process with no cgo transition
+// per check: b.N checks in one cgo call (the same clock steps as the two
+// benchmarks above). CheckMessageAtRawCgo minus EmptyCgo minus this is what
+// a check costs more when every check is its own cgo call (the transition
+// leaves caches and branch predictors colder for the engine).
+func BenchmarkCheckMessageAtInC(b *testing.B) {
+	lim := benchLimiter(b)
+	c, _ := lim.ConnectAt("bench", 0)
+	h := c.h.Load()
+	stop := threadCPUTimer(b)
+	allowed := checkMessageAtLoop(lim.ptr, h, 64, 0, b.N)
+	stop()
+	checkAllAllowed(b, b.N-allowed)
+}
+
 func BenchmarkConnectClose(b *testing.B) {
 	lim := benchLimiter(b)
 	denied := 0

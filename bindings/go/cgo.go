@@ -47,6 +47,7 @@ package ratethrottle
 #cgo noescape rt_client_connections
 #cgo nocallback rt_client_connections
 #cgo nocallback rtg_empty
+#cgo nocallback rtg_check_message_at_loop
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -85,10 +86,23 @@ static inline void rtg_check_key_at(uintptr_t lim, const uint8_t *key, size_t le
 
 // The empty C function the benchmarks compare against.
 static inline void rtg_empty(void) {}
+
+// For the benchmarks: n message checks in ONE cgo call, the clock moving
+// 1 ms every 1000 checks from t0 (as the per-call benchmarks do it)
+// (the engine's cost inside a Go process, without a cgo transition per
+// check). Returns how many were allowed.
+static uint64_t rtg_check_message_at_loop(uintptr_t lim, rt_conn conn, uint64_t size, uint64_t t0, uint64_t n) {
+	uint64_t allowed = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		allowed += rt_check_message_at((rt_limiter *)lim, conn, size, t0 + i / 1000).allowed;
+	}
+	return allowed;
+}
 */
 import "C"
 
 import (
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -100,6 +114,12 @@ type cLimiter = C.rt_limiter
 type cDecision = C.rt_decision
 
 func emptyCgo() { C.rtg_empty() }
+
+// checkMessageAtLoop makes n message checks in one cgo call (benchmarks
+// only) and returns how many were allowed.
+func checkMessageAtLoop(p *C.rt_limiter, h uint64, size, t0 uint64, n int) int {
+	return int(C.rtg_check_message_at_loop(lp(p), C.rt_conn(h), C.uint64_t(size), C.uint64_t(t0), C.uint64_t(n)))
+}
 
 // cID is the (pointer, length) pair of an id or key. An empty one may have
 // a nil pointer: (NULL, 0) is the valid empty id of the C ABI. The caller
@@ -240,17 +260,26 @@ func cNew(l Limits) (*C.rt_limiter, uint32) {
 	return p, uint32(st)
 }
 
-func cInitIn(mem []byte, l Limits) (*C.rt_limiter, uint32) {
-	c := limitsToC(l)
-	var p *C.rt_limiter
-	st := C.rt_limiter_init_in(unsafe.Pointer(&mem[0]), C.size_t(len(mem)), &c, &p)
-	return p, uint32(st)
-}
-
-func cAttach(mem []byte) (*C.rt_limiter, uint32) {
-	var p *C.rt_limiter
-	st := C.rt_limiter_attach(unsafe.Pointer(&mem[0]), C.size_t(len(mem)), &p)
-	return p, uint32(st)
+// cOpenFile creates or attaches the region in the file at path
+// (rt_limiter_open_file; l nil: attach only). path must hold no NUL byte
+// (the caller checks). errno is the failing system call's error, meaningful
+// only when the status is RT_STATUS_IO_ERROR.
+func cOpenFile(path string, l *Limits) (*C.rt_limiter, uint32, syscall.Errno) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var (
+		p  *C.rt_limiter
+		st C.rt_status
+		en error
+	)
+	if l != nil {
+		c := limitsToC(*l)
+		st, en = C.rt_limiter_open_file(cpath, &c, &p, nil)
+	} else {
+		st, en = C.rt_limiter_open_file(cpath, nil, &p, nil)
+	}
+	errno, _ := en.(syscall.Errno) // cgo's second result is always a syscall.Errno or nil
+	return p, uint32(st), errno
 }
 
 func cFree(p *C.rt_limiter) { C.rt_limiter_free(p) }
@@ -399,6 +428,7 @@ const (
 	retryNeverMs             = uint64(C.RT_RETRY_NEVER)
 	reasonCount              = int(C.RT_REASON_COUNT)
 	statusRegionTooSmall     = C.RT_STATUS_REGION_TOO_SMALL
+	statusIOError            = C.RT_STATUS_IO_ERROR
 	cReasonConnectionRate    = C.RT_CONNECTION_RATE
 	cReasonConcurrent        = C.RT_CONCURRENT_CONNECTIONS
 	cReasonMessageTooLarge   = C.RT_MESSAGE_TOO_LARGE

@@ -6,7 +6,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 )
@@ -31,7 +30,6 @@ type Limiter struct {
 	_         [64]byte // keeps ptr and closed (read by every call) off the shards' lines
 	inflight  [inflightShards]inflightShard
 	closeOnce sync.Once
-	mem       []byte // the mapping of a shared region (nil on the heap)
 	path      string // the shared region's file, for messages
 
 	violationsDropped atomic.Uint64 // records a watcher could not deliver
@@ -83,11 +81,11 @@ func New(limits Limits) (*Limiter, error) {
 	if st != statusOK {
 		return nil, fmt.Errorf("ratethrottle: rt_limiter_new: %s", statusString(st))
 	}
-	return newLimiter(p, nil, ""), nil
+	return newLimiter(p, ""), nil
 }
 
-func newLimiter(p *cLimiter, mem []byte, path string) *Limiter {
-	l := &Limiter{ptr: p, mem: mem, path: path}
+func newLimiter(p *cLimiter, path string) *Limiter {
+	l := &Limiter{ptr: p, path: path}
 	runtime.SetFinalizer(l, (*Limiter).Close)
 	return l
 }
@@ -111,12 +109,8 @@ func (l *Limiter) Close() error {
 				time.Sleep(50 * time.Microsecond)
 			}
 		}
-		cFree(l.ptr)
+		cFree(l.ptr) // also unmaps a shared region (rt_limiter_free)
 		l.ptr = nil
-		if l.mem != nil {
-			_ = syscall.Munmap(l.mem)
-			l.mem = nil
-		}
 	})
 	return nil
 }
@@ -294,8 +288,8 @@ func (l *Limiter) UpdateLimits(limits Limits) error {
 }
 
 // ReapDead frees the connections of processes that no longer exist (a
-// crashed process sharing the region) and returns how many. NewShared calls
-// it when it attaches.
+// crashed process sharing the region) and returns how many. NewShared and
+// AttachShared do it too when they attach to an existing region.
 func (l *Limiter) ReapDead() int {
 	g := l.enter()
 	if g == nil {

@@ -3,7 +3,7 @@ package ratethrottle
 import (
 	"fmt"
 	"os"
-	"syscall"
+	"strings"
 )
 
 // NewShared creates or attaches a limiter whose region lives in the file at
@@ -15,8 +15,9 @@ import (
 // and use the limits stored in the region (limits is then only validated;
 // change a live region's limits with UpdateLimits, which every process sees).
 // An exclusive flock on the file serialises create against attach. When it
-// attaches, NewShared calls ReapDead to free the connections of processes
-// that died holding them.
+// attaches, NewShared frees the connections of processes that died holding
+// them (as ReapDead does). The engine does all of this
+// (rt_limiter_open_file).
 //
 // Close unmaps the region; the file stays (remove it when no process uses it
 // any more). Do not truncate the file while it is mapped (SIGBUS). A file
@@ -34,69 +35,32 @@ func NewShared(path string, limits Limits) (*Limiter, error) {
 func AttachShared(path string) (*Limiter, error) { return openShared(path, nil) }
 
 func openShared(path string, limits *Limits) (*Limiter, error) {
-	flags := os.O_RDWR
-	if limits != nil {
-		flags |= os.O_CREATE
+	if strings.IndexByte(path, 0) >= 0 {
+		return nil, fmt.Errorf("ratethrottle: shared region %q: the path contains a NUL byte", path)
 	}
-	f, err := os.OpenFile(path, flags, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("ratethrottle: shared region: %w", err)
+	p, st, errno := cOpenFile(path, limits)
+	switch {
+	case st == statusOK:
+		return newLimiter(p, path), nil
+	case st == statusIOError && errno != 0:
+		// errno wrapped: errors.Is(err, fs.ErrNotExist) and the like work.
+		return nil, fmt.Errorf("ratethrottle: shared region %s: %w", path, errno)
+	case st == statusIncompatibleRegion && limits == nil && isEmptyFile(path):
+		return nil, fmt.Errorf("ratethrottle: shared region %s is empty (not created by NewShared)", path)
 	}
-	defer f.Close() // the mapping outlives the descriptor; closing it drops the lock
-	fd := int(f.Fd())
-	if err := syscall.Flock(fd, syscall.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("ratethrottle: shared region %s: flock: %w", path, err)
+	hint := ""
+	if st == statusIncompatibleRegion || st == statusRegionTooSmall {
+		hint = " (not a region of this engine version, or its creator died while formatting it; remove the file when no process uses it)"
 	}
-	// Unlock explicitly: the mapping keeps the open file description (and
-	// with it the flock) alive after the descriptor is closed.
-	defer syscall.Flock(fd, syscall.LOCK_UN)
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("ratethrottle: shared region: %w", err)
-	}
-	size := fi.Size()
-	create := size == 0
-	if create {
-		if limits == nil {
-			return nil, fmt.Errorf("ratethrottle: shared region %s is empty (not created by NewShared)", path)
-		}
-		size = int64(regionSize(*limits))
-		if err := f.Truncate(size); err != nil {
-			return nil, fmt.Errorf("ratethrottle: shared region %s: %w", path, err)
-		}
-	}
-	if size != int64(int(size)) {
-		return nil, fmt.Errorf("ratethrottle: shared region %s: size %d too large", path, size)
-	}
-	mem, err := syscall.Mmap(fd, 0, int(size), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("ratethrottle: shared region %s: mmap: %w", path, err)
-	}
-	var (
-		p  *cLimiter
-		st uint32
-	)
-	if create {
-		p, st = cInitIn(mem, *limits)
-	} else {
-		p, st = cAttach(mem)
-	}
-	if st != statusOK {
-		_ = syscall.Munmap(mem)
-		if create {
-			_ = f.Truncate(0) // leave no half-made region behind
-		}
-		hint := ""
-		if st == statusIncompatibleRegion || st == statusRegionTooSmall {
-			hint = " (not a region of this engine version, or its creator died while formatting it; remove the file when no process uses it)"
-		}
-		return nil, fmt.Errorf("ratethrottle: shared region %s: %s%s", path, statusString(st), hint)
-	}
-	l := newLimiter(p, mem, path)
-	if !create {
-		l.ReapDead()
-	}
-	return l, nil
+	return nil, fmt.Errorf("ratethrottle: shared region %s: %s%s", path, statusString(st), hint)
+}
+
+// isEmptyFile tells apart, for the error message only, the one incompatible
+// region the hint above does not describe: an empty file given to
+// AttachShared (the status alone does not say which it was).
+func isEmptyFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Size() == 0
 }
 
 // SharedPath is the file of a shared limiter ("" for one on the heap).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,6 +49,65 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// startSharedChild runs sharedChild on path in a new process and returns
+// what it printed up to "ready" (or "error"), and a function that closes its
+// stdin and waits for it to exit (dying with its connections open). The
+// child is killed at the end of the test in any case.
+func startSharedChild(t *testing.T, path string) (lines []string, exit func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "RT_GO_SHARED_CHILD="+path)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := false
+	t.Cleanup(func() {
+		stdin.Close()
+		if !waited {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	// Read the child's report; bounded, so a stuck child fails the test.
+	lineCh := make(chan string)
+	go func() {
+		defer close(lineCh)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lineCh <- sc.Text()
+		}
+	}()
+	timeout := time.After(60 * time.Second)
+read:
+	for {
+		select {
+		case line, ok := <-lineCh:
+			if !ok {
+				break read
+			}
+			lines = append(lines, line)
+			if strings.HasPrefix(line, "ready") || strings.HasPrefix(line, "error") {
+				break read
+			}
+		case <-timeout:
+			cmd.Process.Kill()
+			t.Fatalf("child did not report in 60 s; got %q", lines)
+		}
+	}
+	exit = func() {
+		t.Helper()
+		stdin.Close()
+		waited = true
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("child: %v", err)
+		}
+	}
+	return lines, exit
+}
+
 func shmPath(t *testing.T, name string) string {
 	dir := "/dev/shm"
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
@@ -82,46 +142,7 @@ func TestSharedRegionAcrossProcesses(t *testing.T) {
 		}
 	}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "RT_GO_SHARED_CHILD="+path)
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
-	// Read the child's report; bounded, so a stuck child fails the test.
-	lineCh := make(chan string)
-	go func() {
-		defer close(lineCh)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lineCh <- sc.Text()
-		}
-	}()
-	var lines []string
-	timeout := time.After(60 * time.Second)
-read:
-	for {
-		select {
-		case line, ok := <-lineCh:
-			if !ok {
-				break read
-			}
-			lines = append(lines, line)
-			if strings.HasPrefix(line, "ready") || strings.HasPrefix(line, "error") {
-				break read
-			}
-		case <-timeout:
-			cmd.Process.Kill()
-			t.Fatalf("child did not report in 60 s; got %q", lines)
-		}
-	}
+	lines, exit := startSharedChild(t, path)
 	want := []string{
 		"connect true ok", "connect false too_many_connections",
 		"key true ok", "key true ok", "key false client_rate_limit_exceeded",
@@ -138,10 +159,7 @@ read:
 		t.Fatalf("parent's 3rd connect: %+v", d)
 	}
 	// The child dies holding its connection; ReapDead frees it.
-	stdin.Close()
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("child: %v", err)
-	}
+	exit()
 	if n := parent.ReapDead(); n != 1 {
 		t.Fatalf("ReapDead = %d, want 1", n)
 	}
@@ -208,5 +226,112 @@ func TestSharedAttachSameProcessAndErrors(t *testing.T) {
 	os.WriteFile(empty, nil, 0o600)
 	if _, err := AttachShared(empty); err == nil {
 		t.Fatal("attached an empty file")
+	}
+}
+
+// Attaching (NewShared or AttachShared on an existing region) frees the
+// connections of processes that died holding them: the engine reaps on
+// attach.
+func TestSharedAttachReapsDeadProcesses(t *testing.T) {
+	path := shmPath(t, "reap")
+	parent, err := NewShared(path, testLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer parent.Close()
+	lines, exit := startSharedChild(t, path)
+	if len(lines) == 0 || lines[len(lines)-1] != "ready 2" {
+		t.Fatalf("child saw: %q", lines)
+	}
+	if n := parent.ClientConnections("shared-client"); n != 2 {
+		t.Fatalf("parent sees %d connections of the child, want 2", n)
+	}
+	exit() // dies holding both
+	if n := parent.ClientConnections("shared-client"); n != 2 {
+		t.Fatalf("before any attach: %d connections, want 2 (nothing reaped yet)", n)
+	}
+	again, err := AttachShared(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if n := parent.ClientConnections("shared-client"); n != 0 {
+		t.Fatalf("after AttachShared: %d connections of the dead child, want 0", n)
+	}
+	if n := parent.ReapDead(); n != 0 {
+		t.Fatalf("ReapDead after the attach reaped: %d, want 0", n)
+	}
+}
+
+// Bad files and paths give errors naming the path, and change nothing.
+func TestSharedBadFilesAndPaths(t *testing.T) {
+	missing := shmPath(t, "missing")
+	_, err := AttachShared(missing)
+	if err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "no such file or directory") {
+		t.Fatalf("AttachShared on a missing file: %v", err)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("not an fs.ErrNotExist: %v", err)
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("AttachShared created the file: %v", err)
+	}
+	inMissingDir := filepath.Join(t.TempDir(), "no-such-dir", "limits")
+	if _, err := NewShared(inMissingDir, testLimits()); err == nil ||
+		!strings.Contains(err.Error(), inMissingDir) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("NewShared in a missing directory: %v", err)
+	}
+
+	empty := shmPath(t, "empty-attach")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := AttachShared(empty); err == nil || !strings.Contains(err.Error(), empty+" is empty") {
+		t.Fatalf("AttachShared on an empty file: %v", err)
+	}
+	if fi, err := os.Stat(empty); err != nil || fi.Size() != 0 {
+		t.Fatalf("the empty file changed: %v %v", fi, err)
+	}
+
+	// Garbage, long and short (shorter than a region header), is refused by
+	// both calls and left byte for byte as it was.
+	for _, junk := range [][]byte{
+		[]byte(strings.Repeat("not a region ", 1000)),
+		[]byte("short"),
+	} {
+		garbage := shmPath(t, fmt.Sprintf("garbage-%d", len(junk)))
+		if err := os.WriteFile(garbage, junk, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for name, open := range map[string]func() (*Limiter, error){
+			"AttachShared": func() (*Limiter, error) { return AttachShared(garbage) },
+			"NewShared":    func() (*Limiter, error) { return NewShared(garbage, testLimits()) },
+		} {
+			lim, err := open()
+			if err == nil {
+				lim.Close()
+				t.Fatalf("%s accepted %d bytes of garbage", name, len(junk))
+			}
+			if !strings.Contains(err.Error(), garbage) || !strings.Contains(err.Error(), "remove the file") {
+				t.Fatalf("%s on %d bytes of garbage: %v", name, len(junk), err)
+			}
+			if got, _ := os.ReadFile(garbage); string(got) != string(junk) {
+				t.Fatalf("%s changed a refused file", name)
+			}
+		}
+	}
+
+	// A NUL byte would silently cut the path short in C: refused first.
+	nul := shmPath(t, "nul")
+	for _, open := range []func() (*Limiter, error){
+		func() (*Limiter, error) { return AttachShared(nul + "\x00tail") },
+		func() (*Limiter, error) { return NewShared(nul+"\x00tail", testLimits()) },
+	} {
+		if _, err := open(); err == nil || !strings.Contains(err.Error(), "NUL byte") {
+			t.Fatalf("a path with a NUL byte: %v", err)
+		}
+	}
+	if _, err := os.Stat(nul); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the path up to the NUL byte was created: %v", err)
 	}
 }
