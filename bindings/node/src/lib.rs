@@ -36,13 +36,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use napi::sys;
-use ratethrottle::{Conn, Decision, Limiter, Limits, Reason, Violation, RETRY_NEVER};
+use ratethrottle::{Conn, Decision, Limiter, Limits, Opened, Reason, Violation, RETRY_NEVER};
 use std::cell::UnsafeCell;
-use std::ffi::{c_void, CString};
+use std::ffi::{c_void, CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 use std::rc::Rc;
-
-mod shared;
 
 /// Largest integer a JS number holds exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -60,10 +59,9 @@ const STACK_ID: usize = 256;
 
 /// What one limiter handle owns.
 struct State {
-    /// `None` after `close()`. Declared before `mapping`: the limiter is
-    /// dropped before the shared memory under it is unmapped.
+    /// `None` after `close()`. In shared mode the limiter owns the mapping
+    /// of the file and unmaps it when dropped.
     limiter: UnsafeCell<Option<Limiter>>,
-    mapping: UnsafeCell<Option<shared::Mapping>>,
     scratch: UnsafeCell<[f64; SCRATCH_LEN]>,
 }
 
@@ -714,12 +712,9 @@ callback!(cb_reap_dead, |cx| number(cx.env, cx.limiter()?.reap_dead() as f64));
 // close(): drops the limiter (and unmaps shared memory). Idempotent.
 callback!(cb_close, |cx| {
     let st = cx.state();
-    // SAFETY: only this thread touches the cells, and no reference into
-    // them is alive here.
-    unsafe {
-        drop((*st.limiter.get()).take());
-        drop((*st.mapping.get()).take());
-    }
+    // SAFETY: only this thread touches the cell, and no reference into it
+    // is alive here.
+    unsafe { drop((*st.limiter.get()).take()) };
     undefined(cx.env)
 });
 
@@ -795,6 +790,44 @@ fn scratch_array(env: sys::napi_env, state: &Rc<State>) -> CbResult {
     Ok(ta)
 }
 
+/// Creates or attaches the region in the file at `path` (the engine's
+/// `Limiter::open_file`: flock, create or attach, reap dead processes on
+/// attach). Returns the limiter and whether it attached to an existing
+/// region; then the region's limits apply, and its capacities must be the
+/// ones `limits` asks for (every process must agree on the table sizes).
+fn open_shared(path: &[u8], limits: &Limits) -> Result<(Limiter, bool), Thrown> {
+    let shown = String::from_utf8_lossy(path);
+    let (lim, how) = Limiter::open_file(OsStr::from_bytes(path), Some(limits)).map_err(|e| match e {
+        ratethrottle::Error::InvalidLimits(l) => limits_error(l),
+        // Names the path, the failed step and the OS error.
+        e @ ratethrottle::Error::Io { .. } => Thrown::Error(format!("ratethrottle: {e}")),
+        e @ (ratethrottle::Error::IncompatibleRegion(_) | ratethrottle::Error::RegionTooSmall { .. }) => Thrown::Error(
+            format!("ratethrottle: cannot use the region in {shown}: {e} (a process may have died while formatting it: remove the file)"),
+        ),
+        // A NUL byte in the path (shown escaped), a size too large.
+        e => Thrown::Error(format!("ratethrottle: sharedPath {shown:?}: {e}")),
+    })?;
+    if how == Opened::Created {
+        return Ok((lim, false));
+    }
+    let have = lim.limits();
+    if (have.max_clients, have.max_connections) != (limits.max_clients, limits.max_connections) {
+        let size = |l: &Limits| Limiter::region_size(l).map_or_else(|e| e.to_string(), |n| n.to_string());
+        return Err(Thrown::Error(format!(
+            "ratethrottle: {shown} holds a region of {} bytes but these options need {}: it was made for \
+             maxClients {} and maxConnections {}, these options ask for {} and {}; every process must pass the \
+             same maxClients and maxConnections (or remove the file)",
+            size(&have),
+            size(limits),
+            have.max_clients,
+            have.max_connections,
+            limits.max_clients,
+            limits.max_connections
+        )));
+    }
+    Ok((lim, true))
+}
+
 // create(options, sharedPath?) -> handle.
 unsafe extern "C" fn cb_create(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
     // SAFETY: N-API passes this callback's env and info.
@@ -807,22 +840,18 @@ fn create(cx: &Cx) -> CbResult {
         return Err(Thrown::Type("options must be an object".into()));
     }
     let limits = read_limits(env, cx.arg(0), Limits::default())?;
-    let (limiter, mapping, attached) = match cx.type_of(1)? {
+    let (limiter, attached) = match cx.type_of(1)? {
         sys::ValueType::napi_undefined | sys::ValueType::napi_null => {
-            (Limiter::new(&limits).map_err(engine_error)?, None, false)
+            (Limiter::new(&limits).map_err(engine_error)?, false)
         }
         sys::ValueType::napi_string => {
             let path = cx.with_id(1, "sharedPath", |p| p.to_vec())?;
-            let (lim, map, attached) = shared::open(&path, &limits).map_err(Thrown::Error)?;
-            (lim, Some(map), attached)
+            open_shared(&path, &limits)?
         }
         _ => return Err(Thrown::Type("sharedPath must be a string".into())),
     };
-    let state = Rc::new(State {
-        limiter: UnsafeCell::new(Some(limiter)),
-        mapping: UnsafeCell::new(mapping),
-        scratch: UnsafeCell::new([0.0; SCRATCH_LEN]),
-    });
+    let state =
+        Rc::new(State { limiter: UnsafeCell::new(Some(limiter)), scratch: UnsafeCell::new([0.0; SCRATCH_LEN]) });
     let h = object(env)?;
     let fns: [(&str, unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value); 15] = [
         ("connect", cb_connect),

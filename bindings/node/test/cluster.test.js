@@ -73,3 +73,40 @@ test("shared: a 'violation' listener sees denials made through another attached 
     fs.rmSync(p, { force: true });
   }
 });
+
+test('shared: bad files and paths give errors naming the file, and are left as they were', () => {
+  const created = [];
+  const file = (tag, content) => {
+    const p = shmPath(tag);
+    created.push(p);
+    if (content !== undefined) fs.writeFileSync(p, content);
+    return p;
+  };
+  try {
+    // A file that cannot be opened: the path, the failed step and the OS error.
+    const missing = path.join(dir, `ratethrottle-node-test-${process.pid}-no-such-dir`, 'limits');
+    assert.throws(
+      () => Limiter.shared(missing, {}),
+      (e) => e instanceof Error && e.message.includes(missing) && /cannot open/.test(e.message) && /No such file or directory/.test(e.message),
+    );
+    // Garbage, long and shorter than a region header: refused, not rewritten.
+    for (const junk of [Buffer.from('not a region '.repeat(1000)), Buffer.from('short')]) {
+      const p = file(`garbage-${junk.length}`, junk);
+      assert.throws(
+        () => Limiter.shared(p, { maxClients: 64, maxConnections: 64 }),
+        (e) => e.message.includes(p) && /cannot use the region/.test(e.message) && /remove the file/.test(e.message),
+      );
+      assert.deepEqual(fs.readFileSync(p), junk, 'a refused file is left untouched');
+    }
+    // A NUL byte would cut the path short in C: refused, nothing created.
+    const cut = file('nul');
+    assert.throws(() => Limiter.shared(`${cut}\0tail`, {}), /NUL byte/);
+    assert.equal(fs.existsSync(cut), false);
+    // Invalid options are refused before the file is created.
+    const bad = file('bad-options');
+    assert.throws(() => Limiter.shared(bad, { windowMs: 0 }), RangeError);
+    assert.equal(fs.existsSync(bad), false);
+  } finally {
+    for (const p of created) fs.rmSync(p, { force: true });
+  }
+});
