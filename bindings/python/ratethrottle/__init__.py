@@ -14,6 +14,7 @@ from .websocket import (
     FastAPIWebSocketLimiter,
     InMemoryStorage,
     RedisStorage,
+    SharedMemoryStorage,
     SocketIOLimiter,
     WebSocketLimits,
     WebSocketRateLimiter,
@@ -31,5 +32,6 @@ __all__ = [
     "ChannelsRateLimiter",
     "RedisStorage",
     "InMemoryStorage",
+    "SharedMemoryStorage",
     "ENGINE_VERSION",
 ]

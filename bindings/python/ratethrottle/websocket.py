@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ __all__ = [
     "ChannelsRateLimiter",
     "RedisStorage",
     "InMemoryStorage",
+    "SharedMemoryStorage",
 ]
 
 _REASONS = _engine.REASONS
@@ -111,9 +113,12 @@ _ENGINE_TO_SEED = {
 }
 
 
-def _new_engine(limits: Dict[str, int]) -> "_engine.Engine":
+def _new_engine(limits: Dict[str, int], path: Any = None) -> "_engine.Engine":
+    """An engine on the heap, or (``path``) over a shared file."""
     try:
-        return _engine.Engine(**limits)
+        if path is None:
+            return _engine.Engine(**limits)
+        return _engine.Engine.open_file(path, **limits)
     except OverflowError as e:  # a value above the engine field's integer type
         raise ValueError(f"WebSocketLimits: a limit is too large for the engine: {e}") from None
     except ValueError as e:
@@ -130,6 +135,54 @@ class InMemoryStorage:
     ``storage=InMemoryStorage()`` for compatibility; it holds nothing."""
 
 
+class SharedMemoryStorage:
+    """Limits shared by every process of this host that uses the same path.
+
+    ``path`` (``str``, ``bytes`` or ``os.PathLike``) names a file, best on
+    tmpfs (``/dev/shm/myapp-ws-limits``). The first limiter to open it
+    creates it (mode 0600) and formats it with its limits; every later one,
+    in this or another process, attaches, and then the FILE's limits apply
+    (``limiter.limits`` shows them, ``limiter.opened`` says which happened).
+    One client's connections, windows and counters are then counted once for
+    all processes: ``uvicorn --workers N``, gunicorn with uvicorn workers,
+    several Daphne processes behind a process manager.
+
+    ``check_key`` uses a second file, ``keys_path`` (``path + ".keys"``),
+    created or attached the first time a limiter on this storage checks a
+    key. The storage object only names the files; the limiter opens them.
+    The files stay when the processes exit: ``unlink()`` removes both.
+    """
+
+    def __init__(self, path: Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]) -> None:
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise TypeError(
+                f"SharedMemoryStorage path must be str, bytes or os.PathLike, "
+                f"not {type(path).__name__}"
+            )
+        path = os.fspath(path)
+        if not path:
+            raise ValueError("SharedMemoryStorage path must not be empty")
+        self.path: Union[str, bytes] = path
+
+    @property
+    def keys_path(self) -> Union[str, bytes]:
+        """The file of ``check_key``'s per-key region: ``path + ".keys"``."""
+        return self.path + (b".keys" if isinstance(self.path, bytes) else ".keys")
+
+    def unlink(self) -> None:
+        """Removes both files (missing ones are ignored). Processes that
+        still have them open keep their (now private) mapping: call it when
+        no process uses the limits any more."""
+        for p in (self.path, self.keys_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"SharedMemoryStorage({self.path!r})"
+
+
 class RedisStorage:
     """Limits shared across servers through Redis are not in this release.
 
@@ -140,8 +193,8 @@ class RedisStorage:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(
             "RedisStorage (limits shared across servers) comes with a later release of "
-            "ratethrottle; this release limits in memory, per process. "
-            "Use WebSocketRateLimiter(storage=None)."
+            "ratethrottle; this release limits in memory, per process, or per host "
+            "with SharedMemoryStorage(path). Use WebSocketRateLimiter(storage=None)."
         )
 
 
@@ -173,8 +226,11 @@ class WebSocketRateLimiter:
     """WebSocket rate limiting on the engine.
 
     ``limits``: WebSocketLimits (default: the seed's defaults).
-    ``storage``: None or InMemoryStorage; anything else raises (RedisStorage
-    comes with a later release).
+    ``storage``: None or InMemoryStorage (this process only), or
+    SharedMemoryStorage(path) (every process of the host using that path;
+    on attach the file's limits replace ``limits``); anything else raises
+    (RedisStorage comes with a later release).
+    ``opened``: None in memory, else ``"created"`` or ``"attached"``.
     ``on_violation``: called with a dict for every denial, synchronously
     inside the check that denied; a coroutine function is scheduled as a
     task on the running loop.
@@ -192,21 +248,32 @@ class WebSocketRateLimiter:
             limits = WebSocketLimits()
         if not isinstance(limits, WebSocketLimits):
             raise TypeError(f"limits must be a WebSocketLimits, not {type(limits).__name__}")
-        if storage is not None and not isinstance(storage, InMemoryStorage):
+        if storage is not None and not isinstance(storage, (InMemoryStorage, SharedMemoryStorage)):
             raise NotImplementedError(
-                f"storage={type(storage).__name__}: only the in-memory default is supported "
-                "in this release; RedisStorage (limits shared across servers) comes with a "
+                f"storage={type(storage).__name__}: this release supports the in-memory "
+                "default and SharedMemoryStorage(path) (limits shared by the processes of "
+                "one host); RedisStorage (limits shared across servers) comes with a "
                 "later release. Pass storage=None."
             )
         if on_violation is not None and not callable(on_violation):
             raise TypeError("on_violation must be callable or None")
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning milliseconds, or None")
-        self.limits = limits
         self.storage = storage
         self.on_violation = on_violation
         self._engine_limits = limits._engine_limits()
-        self._engine = _new_engine(self._engine_limits)
+        self._shared = storage if isinstance(storage, SharedMemoryStorage) else None
+        if self._shared is None:
+            self._engine = _new_engine(self._engine_limits)
+        else:
+            self._engine = _new_engine(self._engine_limits, self._shared.path)
+            if self._engine.opened == "attached":
+                # The file's limits apply; show them, and derive the key
+                # region's limits from them, as every attached process does.
+                limits, self._engine_limits = _file_limits(self._engine, self._shared.path)
+        self.limits = limits
+        #: None (in memory), "created" or "attached" (SharedMemoryStorage).
+        self.opened: Optional[str] = self._engine.opened
         self._key_engine: Optional[_engine.Engine] = None
         self._clock = clock
         # The hot calls, bound once (with a fake clock, through it).
@@ -329,7 +396,8 @@ class WebSocketRateLimiter:
                     client_messages_per_window=self._engine_limits["messages_per_window"],
                     client_bytes_per_window=self._engine_limits["bytes_per_window"],
                     max_connections=1,  # keys have no connections
-                )
+                ),
+                None if self._shared is None else self._shared.keys_path,
             )
             if self.on_violation is not None:
                 eng.set_violation_callback(self._violation_hook())
@@ -452,7 +520,26 @@ class WebSocketRateLimiter:
         return self._engine.drain_violations(max)
 
     def __repr__(self) -> str:
-        return f"WebSocketRateLimiter(connections={len(self._handles)}, limits={self.limits})"
+        shared = "" if self._shared is None else f", storage={self._shared!r}"
+        return (
+            f"WebSocketRateLimiter(connections={len(self._handles)}, limits={self.limits}{shared})"
+        )
+
+
+def _file_limits(eng: "_engine.Engine", path: Any) -> tuple:
+    """The WebSocketLimits and engine limits of an attached file's region."""
+    d = eng.limits()
+    if d["window_ms"] != _WINDOW_MS:
+        raise ValueError(
+            f"{os.fsdecode(path)}: its region counts over a {d['window_ms']} ms window; "
+            "WebSocketLimits are per minute (60000 ms). Use another path, or "
+            "ratethrottle._engine.Engine.open_file for other windows."
+        )
+    engine_limits = {k: d[k] for k in _ENGINE_TO_SEED}
+    engine_limits["window_ms"] = _WINDOW_MS
+    optional = ("bytes_per_minute", "client_messages_per_minute", "client_bytes_per_minute")
+    seed = {s: (d[e] or None) if s in optional else d[e] for e, s in _ENGINE_TO_SEED.items()}
+    return WebSocketLimits(**seed), engine_limits
 
 
 def _check_connection_id(connection_id: Any) -> None:
@@ -528,8 +615,9 @@ class FastAPIWebSocketLimiter:
         self,
         limits: Optional[WebSocketLimits] = None,
         get_client_id: Optional[Callable[[Any], Union[str, bytes]]] = None,
+        storage: Any = None,
     ) -> None:
-        self.limiter = WebSocketRateLimiter(limits)
+        self.limiter = WebSocketRateLimiter(limits, storage)
         self.get_client_id = get_client_id or self._default_get_client_id
         self.websocket_map: Dict[Any, str] = {}
 
@@ -577,8 +665,8 @@ class SocketIOLimiter:
     """python-socketio integration: ``on_connect``, ``check_message``,
     ``on_disconnect``; the limiter is ``.limiter``."""
 
-    def __init__(self, limits: Optional[WebSocketLimits] = None) -> None:
-        self.limiter = WebSocketRateLimiter(limits)
+    def __init__(self, limits: Optional[WebSocketLimits] = None, storage: Any = None) -> None:
+        self.limiter = WebSocketRateLimiter(limits, storage)
         self.sid_to_client: Dict[str, Any] = {}
 
     async def on_connect(self, sid: str, client_id: Union[str, bytes]) -> bool:
@@ -613,8 +701,8 @@ class SocketIOLimiter:
 class ChannelsRateLimiter:
     """Django Channels integration with the calls the seed's consumer uses."""
 
-    def __init__(self, limits: Optional[WebSocketLimits] = None) -> None:
-        self.limiter = WebSocketRateLimiter(limits)
+    def __init__(self, limits: Optional[WebSocketLimits] = None, storage: Any = None) -> None:
+        self.limiter = WebSocketRateLimiter(limits, storage)
 
     async def check_connection(self, client_id: Union[str, bytes]) -> bool:
         return await self.limiter.check_connection(client_id)

@@ -11,11 +11,12 @@
 //! The GIL is held during a check: a check takes tens of nanoseconds, less
 //! than releasing and taking the GIL back would cost.
 
-use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyInt, PyString, PyTuple};
-use ratethrottle::{Conn, Decision, Limiter, Limits, Reason, Violation, REASON_COUNT, RETRY_NEVER};
+use ratethrottle::{Conn, Decision, Error, Limiter, Limits, Opened, Reason, Violation, REASON_COUNT, RETRY_NEVER};
 use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 
 /// A decision as `(allowed, reason_code, retry_after_ms, limit, remaining, current)`,
 /// or `None` for a plain allow (the hot path allocates no tuple).
@@ -114,10 +115,54 @@ fn limits_dict<'py>(py: Python<'py>, l: &Limits) -> PyResult<Bound<'py, PyDict>>
     Ok(d)
 }
 
-/// One engine limiter (its region on the heap). Thread-safe.
+/// A path argument: `str`, `bytes` or `os.PathLike` (through `os.fspath`);
+/// returns the path and what `os.fspath` gave (kept for `Engine.path`).
+fn path_arg<'py>(v: &Bound<'py, PyAny>) -> PyResult<(PathBuf, Bound<'py, PyAny>)> {
+    let py = v.py();
+    if !(v.is_instance_of::<PyString>() || v.is_instance_of::<PyBytes>() || v.hasattr("__fspath__")?) {
+        return Err(PyTypeError::new_err(format!(
+            "path must be str, bytes or os.PathLike, not {}",
+            v.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+        )));
+    }
+    let p = py.import("os")?.call_method1("fspath", (v,))?;
+    let path = if let Ok(b) = p.downcast::<PyBytes>() {
+        PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b.as_bytes()))
+    } else {
+        p.extract::<PathBuf>()?
+    };
+    Ok((path, p))
+}
+
+/// An engine error of `Limiter::open_file` as a Python exception naming the
+/// file: `OSError` (its errno subclass: FileNotFoundError, IsADirectoryError,
+/// PermissionError, ...) for a failed system call, `ValueError` for invalid
+/// limits and for a file that holds no usable region.
+fn open_error(e: Error, path: &Path, shown: &Bound<'_, PyAny>) -> PyErr {
+    match e {
+        Error::Io { what, errno, .. } => {
+            let text = std::io::Error::from_raw_os_error(errno).to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+            PyOSError::new_err((errno, format!("{what}: {text}"), shown.clone().unbind()))
+        }
+        Error::InvalidLimits(_) => PyValueError::new_err(e.to_string()),
+        Error::IncompatibleRegion(_) | Error::RegionTooSmall { .. } => {
+            PyValueError::new_err(format!("cannot use {} as a ratethrottle region: {e}", path.display()))
+        }
+        Error::InvalidArgument(_) => PyValueError::new_err(format!("{e} (path {path:?})")),
+        _ => PyRuntimeError::new_err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// One engine limiter: its region on the heap (`Engine(...)`), or in a
+/// shared file (`Engine.open_file(path, ...)`). Thread-safe.
 #[pyclass(frozen, module = "ratethrottle._engine")]
 struct Engine {
     lim: Limiter,
+    /// `None` on the heap; "created" or "attached" over a file.
+    opened: Option<&'static str>,
+    /// The file's path as `os.fspath` gave it, or `None`.
+    path: Option<Py<PyAny>>,
 }
 
 #[pymethods]
@@ -162,7 +207,102 @@ impl Engine {
         };
         limits.validate().map_err(|e| PyValueError::new_err(e.to_string()))?;
         let lim = Limiter::new(&limits).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        Ok(Engine { lim })
+        Ok(Engine { lim, opened: None, path: None })
+    }
+
+    /// Creates or attaches a limiter whose region lives in the file at
+    /// `path` (`str`, `bytes` or `os.PathLike`; use tmpfs such as
+    /// `/dev/shm`), so every process of the host that opens the same path
+    /// enforces one set of limits (the engine's `Limiter::open_file`).
+    ///
+    /// A missing or empty file is created (mode 0600) and formatted with the
+    /// limits given: `opened == "created"`. A file that already holds a
+    /// region is attached: `opened == "attached"`, and the FILE's limits
+    /// apply (`limits()` shows them); the ones given are only validated.
+    /// With `attach_only=True` the file must already hold a region. An
+    /// attach frees the connections of processes that died. The file stays
+    /// when the engine is freed: remove it when no process uses it.
+    ///
+    /// Errors: `TypeError` for a path of another type; `OSError` with the
+    /// errno (FileNotFoundError, IsADirectoryError, PermissionError, ...)
+    /// naming the path when a system call fails; `ValueError` for invalid
+    /// limits (the file is not touched) and for a file that holds no usable
+    /// region (it is left as it was). The GIL is released while the file
+    /// lock is awaited.
+    #[staticmethod]
+    #[pyo3(signature = (
+        path, *, window_ms = 60_000, connections_per_window = 60, max_concurrent_connections = 10,
+        messages_per_window = 1000, bytes_per_window = 0, max_message_size = 65_536,
+        client_messages_per_window = 0, client_bytes_per_window = 0,
+        max_clients = 65_536, max_connections = 65_536, fail_open = false, dry_run = false,
+        attach_only = false
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn open_file(
+        py: Python<'_>,
+        path: &Bound<'_, PyAny>,
+        window_ms: u32,
+        connections_per_window: u32,
+        max_concurrent_connections: u32,
+        messages_per_window: u32,
+        bytes_per_window: u64,
+        max_message_size: u32,
+        client_messages_per_window: u32,
+        client_bytes_per_window: u64,
+        max_clients: u32,
+        max_connections: u32,
+        fail_open: bool,
+        dry_run: bool,
+        attach_only: bool,
+    ) -> PyResult<Engine> {
+        let (pathbuf, shown) = path_arg(path)?;
+        let limits = Limits {
+            window_ms,
+            connections_per_window,
+            max_concurrent_connections,
+            messages_per_window,
+            bytes_per_window,
+            max_message_size,
+            client_messages_per_window,
+            client_bytes_per_window,
+            max_clients,
+            max_connections,
+            fail_open,
+            dry_run,
+        };
+        // Refused before the file is touched, with the message `Engine()` gives.
+        limits.validate().map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let given = (!attach_only).then_some(limits);
+        let opened = {
+            let p = pathbuf.clone();
+            py.allow_threads(move || Limiter::open_file(&p, given.as_ref()))
+        };
+        let (lim, how) = opened.map_err(|e| open_error(e, &pathbuf, &shown))?;
+        let opened = match how {
+            Opened::Created => "created",
+            Opened::Attached => "attached",
+        };
+        Ok(Engine { lim, opened: Some(opened), path: Some(shown.unbind()) })
+    }
+
+    /// How this engine got its region: `None` (on the heap, `Engine(...)`),
+    /// `"created"` (this call formatted the file with its limits) or
+    /// `"attached"` (the file already held a region: its limits apply).
+    #[getter]
+    fn opened(&self) -> Option<&'static str> {
+        self.opened
+    }
+
+    /// The shared file's path (as `os.fspath` gave it), or `None`.
+    #[getter]
+    fn path(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.path.as_ref().map(|p| p.clone_ref(py))
+    }
+
+    /// Frees the connections whose owning process no longer exists (the
+    /// engine's `reap_dead`); returns how many. An attach already does it.
+    fn reap_dead(&self) -> usize {
+        self.lim.reap_dead()
     }
 
     /// Atomic check + register: `(allowed, reason, retry_after_ms, limit,
