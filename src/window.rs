@@ -21,8 +21,15 @@ pub(crate) const ID_BITS: u32 = 32;
 const ID_MASK: u64 = (1u64 << ID_BITS) - 1;
 /// A stored id up to this many windows *ahead* of now means the clock went
 /// backwards (or another thread read a later clock); beyond it the stored
-/// state is taken as expired. 2^30 windows is 12 days at W = 1 ms.
-const BACKWARDS_WINDOWS: u64 = 1 << 30;
+/// state is taken as expired. 2^22 windows is 70 minutes at W = 1 ms, so a
+/// step back of up to an hour is "no time passed" at every window length.
+///
+/// It is not larger because 32-bit ids wrap: a slot idle for 2^32 - n
+/// windows (n <= this) looks n windows ahead. With W = 1 ms that takes 49.7
+/// days of idleness, after which such a slot reads as "clock went back" and
+/// keeps its old counts for at most n windows (here 70 minutes; with the
+/// earlier 2^30 it was 12 days, after 37 days idle).
+pub(crate) const BACKWARDS_WINDOWS: u64 = 1 << 22;
 
 /// Division by the window length without a divide instruction: the
 /// round-down method of Granlund and Montgomery ("Division by invariant
@@ -269,6 +276,18 @@ mod tests {
     }
 
     #[test]
+    fn a_window_far_ahead_is_expired_not_behind() {
+        let stored = 123_456_789;
+        let at = |id: u64| Position { id: id & ID_MASK, elapsed_ms: 0, window_ms: 1 };
+        assert_eq!(step(stored, at(stored - 1), false), Step::Behind);
+        assert_eq!(step(stored, at(stored - BACKWARDS_WINDOWS), false), Step::Behind);
+        assert_eq!(step(stored, at(stored - BACKWARDS_WINDOWS - 1), false), Step::Expired);
+        // A slot idle for 2^32 - 2^29 windows (37 days at W = 1 ms) was read
+        // as 2^29 windows ahead ("the clock went back") while the band was 2^30.
+        assert_eq!(step(stored, at(stored + (1 << 32) - (1 << 29)), false), Step::Expired);
+    }
+
+    #[test]
     fn retry_after_matches_a_walk_over_every_ms() {
         for w in [1u64, 2, 7, 10, 100] {
             for limit in [1u64, 2, 5, 9] {
@@ -372,6 +391,9 @@ mod tests {
         // Backwards by an hour: no time passed, elapsed 0 in the stored window.
         let r = roll(360_003, 4, 5, at(35));
         assert_eq!((r.id, r.prev, r.cur, r.elapsed_ms), (360_003, 4, 5, 0));
+        // An hour at W = 1 ms (3.6M windows) is still within the band.
+        let r = roll(3_600_003, 4, 5, Position::at(3, 1, 0));
+        assert_eq!((r.id, r.prev, r.cur, r.elapsed_ms), (3_600_003, 4, 5, 0));
     }
 
     #[test]

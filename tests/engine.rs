@@ -406,6 +406,25 @@ fn time_going_backwards_means_no_time_passed() {
 }
 
 #[test]
+fn a_long_idle_connection_is_not_mistaken_for_a_clock_going_back() {
+    // T2 with 1 ms windows: 32-bit window ids wrap after 49.7 days. A
+    // connection idle for 2^32 - 2^29 ms (37 days) used to read as "the
+    // clock went back 2^29 windows" and keep its old counts for that long.
+    let l = lim(Limits { window_ms: 1, messages_per_window: 2, ..Limits::default() });
+    let c = conn(&l, b"c", 1_000);
+    assert!(l.check_message_at(c, 1, 1_000).allowed);
+    assert!(l.check_message_at(c, 1, 1_000).allowed);
+    assert_eq!(l.check_message_at(c, 1, 1_000).reason, Reason::MessageRate);
+    let later = 1_000 + (1u64 << 32) - (1 << 29);
+    assert!(l.check_message_at(c, 1, later).allowed, "37 days later the windows are fresh");
+    // The same for a client's connection-rate window.
+    let r = lim(Limits { window_ms: 1, connections_per_window: 1, ..Limits::default() });
+    assert!(r.connect_at(b"x", 1_000).0.allowed);
+    assert_eq!(r.connect_at(b"x", 1_000).0.reason, Reason::ConnectionRate);
+    assert!(r.connect_at(b"x", later).0.allowed);
+}
+
+#[test]
 fn clock_jumps_and_extreme_instants() {
     // T2/T3/T6: years ahead, u64::MAX, exact window edges.
     let l = lim(Limits { window_ms: 1000, messages_per_window: 1, ..Limits::default() });
