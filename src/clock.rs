@@ -109,3 +109,22 @@ pub(crate) mod process {
         true
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::process::{is_alive, token};
+
+    #[test]
+    fn a_token_names_one_process_and_its_start_time() {
+        // M3: a reused pid must not pass for the process that died.
+        let me = token();
+        assert_eq!(me >> 32, std::process::id() as u64);
+        assert!(is_alive(me));
+        assert!(!is_alive(me ^ 1), "same pid, another start time: not the same process");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as u64;
+        child.wait().unwrap();
+        assert!(!is_alive(pid << 32 | 1), "a process that exited");
+        assert!(is_alive(0), "no owner recorded");
+    }
+}

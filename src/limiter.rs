@@ -1214,3 +1214,78 @@ fn refund(word: &AtomicU128, ch: &Charged) {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A token of a process that has exited.
+    fn dead_token() -> u64 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as u64;
+        child.wait().unwrap();
+        pid << 32 | 1
+    }
+
+    #[test]
+    fn locks_held_by_a_dead_process_are_broken() {
+        // M1/C6: a process died holding every shard's insert lock, halfway
+        // through an insert (a slot left pending in every shard), and holding
+        // the limits writer's lock.
+        let l = Limits { max_clients: 64, max_connections: 64, ..Limits::default() };
+        let lim = Limiter::new(&l).unwrap();
+        let r = &lim.region;
+        let dead = dead_token();
+        let layout = r.layout;
+        for shard in 0..layout.shards {
+            r.shard_lock(shard).store(dead, Ordering::Relaxed);
+            let first = r.client(shard * layout.shard_len);
+            first.key.store(1 << 127 | 12345, Ordering::Relaxed);
+            r.tag(shard * layout.shard_len).store(0x80, Ordering::Relaxed);
+        }
+        r.header().limits_writer.store(dead, Ordering::Relaxed);
+
+        let (d, c) = lim.connect_at(b"newcomer", 0);
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(lim.client_connections(b"newcomer"), 1);
+        let h = table::hash(r, b"newcomer");
+        let shard = (h as u32) & (layout.shards - 1);
+        assert_eq!(r.shard_lock(shard).load(Ordering::Relaxed), 0, "the broken lock was released");
+        let first = r.client(shard * layout.shard_len);
+        assert_eq!(first.key.load(Ordering::Relaxed), 0, "the dead holder's pending slot was emptied");
+        assert_eq!(Conns::unpack(first.conns.load(Ordering::Relaxed)).epoch, 1, "and its epoch bumped");
+        lim.disconnect(c.unwrap());
+
+        lim.update_limits_at(&Limits { messages_per_window: 7, ..l }, 0).unwrap();
+        assert_eq!(lim.limits().messages_per_window, 7);
+        assert_eq!(r.header().limits_writer.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_hash_secret_is_random_per_region_and_never_shown() {
+        // B4 and M8: each region draws its own SipHash key, and no output
+        // (statistics, Prometheus text, violation records) carries it.
+        assert!(crate::atomics_are_lock_free());
+        let l = Limits { messages_per_window: 1, max_clients: 64, max_connections: 64, ..Limits::default() };
+        let (a, b) = (Limiter::new(&l).unwrap(), Limiter::new(&l).unwrap());
+        let key = |lim: &Limiter| {
+            let h = lim.region.header();
+            (h.hash_k0.load(Ordering::Relaxed), h.hash_k1.load(Ordering::Relaxed))
+        };
+        let (k0, k1) = key(&a);
+        assert_ne!((k0, k1), (0, 0));
+        assert_ne!((k0, k1), key(&b), "two regions, two secrets");
+        let c = a.connect_at(b"client", 0).1.unwrap();
+        assert!(a.check_message_at(c, 1, 0).allowed);
+        assert!(!a.check_message_at(c, 1, 0).allowed);
+        let mut v = [Violation::empty(); 4];
+        let n = a.drain_violations(&mut v);
+        assert_eq!(n, 1);
+        let shown = format!("{}\n{:?}\n{:?}\n{:?}", a.prometheus(), a.stats(), v[0], a.connection_info(c));
+        for k in [k0, k1] {
+            for text in [k.to_string(), format!("{k:x}"), format!("{k:X}"), format!("{k:#x}")] {
+                assert!(!shown.contains(&text), "the secret {text} is shown");
+            }
+        }
+    }
+}
