@@ -425,6 +425,29 @@ fn a_long_idle_connection_is_not_mistaken_for_a_clock_going_back() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "300k checks")]
+fn counts_past_the_field_width_saturate_and_totals_stay_exact() {
+    // T8: the message count of a window is an 18-bit field. With the limit
+    // at its maximum the field never wraps: the next message is denied.
+    use ratethrottle::MAX_MESSAGES_PER_WINDOW as MAX;
+    let l = lim(Limits { window_ms: 60_000, messages_per_window: MAX, ..Limits::default() });
+    let c = conn(&l, b"c", 0);
+    let allowed = (0..=MAX).filter(|_| l.check_message_at(c, 1, 0).allowed).count();
+    assert_eq!(allowed, MAX as usize);
+    assert_eq!(l.check_message_at(c, 1, 0).reason, Reason::MessageRate);
+    // With the message limit off (only bytes limited) the field saturates;
+    // nothing is denied by it and the totals count every message.
+    let l = lim(Limits { window_ms: 60_000, messages_per_window: 0, bytes_per_window: 1 << 25, ..Limits::default() });
+    let c = conn(&l, b"c", 0);
+    let n = MAX as u64 + 40_000;
+    assert!((0..n).all(|_| l.check_message_at(c, 1, 0).allowed));
+    let s = l.stats();
+    assert_eq!((s.total_messages, s.total_bytes), (n, n));
+    let info = l.connection_info(c).unwrap();
+    assert_eq!((info.message_count, info.byte_count), (n, n));
+}
+
+#[test]
 fn clock_jumps_and_extreme_instants() {
     // T2/T3/T6: years ahead, u64::MAX, exact window edges.
     let l = lim(Limits { window_ms: 1000, messages_per_window: 1, ..Limits::default() });

@@ -319,6 +319,32 @@ proptest! {
         }
     }
 
+    /// I2: on any trace, each fixed window admits at most L messages, and any
+    /// interval of length W at most 2L (the estimate never undercounts the
+    /// current window).
+    #[test]
+    fn admitted_counts_stay_within_the_sliding_window_bounds(w in 1u32..2000, limit in 1u32..40, gaps in proptest::collection::vec(0u64..400, 1..600)) {
+        let l = Limits { window_ms: w, messages_per_window: limit, bytes_per_window: 0, max_message_size: 0, ..Limits::default() };
+        let lim = Limiter::new(&l).unwrap();
+        let c = lim.connect_at(b"x", 0).1.unwrap();
+        let mut now = 0u64;
+        let mut admitted = Vec::new();
+        for g in gaps {
+            // Bursts: most gaps are 0 (many messages at one instant).
+            now += if g < 300 { 0 } else { g - 300 };
+            if lim.check_message_at(c, 1, now).allowed {
+                admitted.push(now);
+            }
+        }
+        let (w, limit) = (w as u64, limit as usize);
+        for (i, &t) in admitted.iter().enumerate() {
+            let fixed = admitted.iter().filter(|&&u| u / w == t / w).count();
+            prop_assert!(fixed <= limit, "window {}: {} > {}", t / w, fixed, limit);
+            let sliding = admitted[i..].iter().take_while(|&&u| u < t + w).count();
+            prop_assert!(sliding <= 2 * limit, "[{}, {}): {} > 2 * {}", t, t + w, sliding, limit);
+        }
+    }
+
     /// I3/T9: a denied request passes at now + retry_after and not one ms earlier.
     #[test]
     fn retry_after_is_exact(w in 1u32..5000, limit in 1u32..50, burst in 1u32..120, gap in 0u64..20_000, size in 1u64..100) {
