@@ -331,7 +331,7 @@ proptest! {
         let mut admitted = Vec::new();
         for g in gaps {
             // Bursts: most gaps are 0 (many messages at one instant).
-            now += if g < 300 { 0 } else { g - 300 };
+            now += g.saturating_sub(300);
             if lim.check_message_at(c, 1, now).allowed {
                 admitted.push(now);
             }
