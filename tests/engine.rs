@@ -448,6 +448,34 @@ fn counts_past_the_field_width_saturate_and_totals_stay_exact() {
 }
 
 #[test]
+fn a_stale_handle_is_refused_after_its_8_bit_tag_wraps() {
+    // T3: a connection slot's traffic word carries only the low 8 bits of
+    // its generation. A handle 256 reuses old has the same tag; the full
+    // generation in the handle must still refuse it, and leave the live
+    // connection's counts alone.
+    let l = lim(Limits { max_connections: 1, connections_per_window: 0, messages_per_window: 2, ..Limits::default() });
+    let stale = conn(&l, b"a", 0);
+    assert!(l.disconnect(stale));
+    let tag = |c: Conn| (c.raw() >> 32) & 0xFF;
+    let mut live = conn(&l, b"a", 0);
+    for _ in 0..1000 {
+        if tag(live) == tag(stale) {
+            break;
+        }
+        assert!(l.disconnect(live));
+        live = conn(&l, b"a", 0);
+    }
+    assert_eq!(tag(live), tag(stale));
+    assert_ne!(live, stale);
+    assert_eq!(live.raw() & 0xFFFF_FFFF, stale.raw() & 0xFFFF_FFFF, "the same slot");
+    assert_eq!(l.check_message_at(stale, 1, 0).reason, Reason::UnknownConnection);
+    assert!(!l.disconnect(stale));
+    assert!(l.check_message_at(live, 1, 0).allowed);
+    assert!(l.check_message_at(live, 1, 0).allowed, "the stale calls took none of its budget");
+    assert_eq!(l.check_message_at(live, 1, 0).reason, Reason::MessageRate);
+}
+
+#[test]
 fn clock_jumps_and_extreme_instants() {
     // T2/T3/T6: years ahead, u64::MAX, exact window edges.
     let l = lim(Limits { window_ms: 1000, messages_per_window: 1, ..Limits::default() });
