@@ -664,6 +664,16 @@ async def t_message_limits(env):
         pass
     await expect_close(frag, 1009)
 
+    # a message whose FIN never comes (W2): its fragments are counted as they
+    # arrive, so the size limit fires mid-stream, on a non-final fragment
+    raw = RawWS(env, "/msg/ws", "raw-endless")
+    check(raw.status == 101, f"raw handshake {raw.status}")
+    raw.send(frame(0x1, b"e" * 400, fin=False)
+             + b"".join(frame(0x0, b"e" * 400, fin=False) for _ in range(9)))
+    code = raw.read_close()
+    check(code == 1009, f"endless fragments: close {code}")
+    raw.close()
+
     # a fragmented message under the limit, with a ping between fragments
     raw = RawWS(env, "/msg/ws", "raw-ok")
     check(raw.status == 101, f"raw handshake {raw.status}")
