@@ -88,3 +88,30 @@ fn hot_path_never_allocates() {
     assert!(!lim.check_message_at(c, 100, 5000).allowed);
     assert_eq!(n, 0, "denials allocated {n} times");
 }
+
+#[test]
+fn new_ids_and_reclaiming_idle_ones_never_allocate() {
+    // B5: an id churn (every connect a new client, old ones reclaimed when
+    // idle) inserts and reclaims table slots without allocating.
+    let lim = Limiter::new(&Limits {
+        window_ms: 10,
+        connections_per_window: 5,
+        max_clients: 64,
+        max_connections: 64,
+        ..Limits::default()
+    })
+    .unwrap();
+    let _ = lim.connect_at(b"warm-up", 0);
+    let n = allocations(|| {
+        for i in 0..5000u64 {
+            let id = i.to_le_bytes();
+            // 40 ms apart per batch of 50: earlier ids hold nothing any more.
+            let (d, c) = lim.connect_at(&id, (i / 50) * 40);
+            assert!(d.allowed, "{i}: {d:?}");
+            assert!(lim.disconnect(c.unwrap()));
+            assert!(lim.check_key_at(&id, 1, (i / 50) * 40).allowed);
+        }
+    });
+    assert_eq!(n, 0, "inserting or reclaiming ids allocated {n} times");
+    assert!(lim.stats().unique_clients <= 64);
+}
