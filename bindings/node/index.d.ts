@@ -195,5 +195,18 @@ export declare const atomicsLockFree: boolean;
 export declare const clockResolutionMs: number;
 /** The byte count checkMessage uses for `data`. */
 export declare function byteSize(data: MessageData): number;
+export interface ClientKeyOptions {
+  /** Prefix length IPv6 addresses are aggregated to, 0..128 (default 64). */
+  ipv6PrefixLength?: number;
+}
+/**
+ * The client id for a peer address, as the ws and socket.io adapters derive
+ * it by default: IPv4 as is ('203.0.113.7'); IPv4-mapped IPv6 as its IPv4
+ * address; other IPv6 as its network ('2001:db8:1:2::/64'), zone dropped.
+ * A value that is not an IP address is returned unchanged (never throws for
+ * an address; a bad ipv6PrefixLength is a RangeError).
+ */
+export declare function clientKey(address: string, options?: ClientKeyOptions): string;
+export declare function clientKey<T>(address: T, options?: ClientKeyOptions): T;
 /** The empty N-API call (for benchmarks). */
 export declare function nativeNoop(): void;

@@ -8,6 +8,7 @@
 const { EventEmitter } = require('node:events');
 const { isArrayBuffer, isSharedArrayBuffer } = require('node:util').types;
 const native = require('./lib/native.js');
+const { clientKey } = require('./lib/client-key.js');
 
 const REASONS = Object.freeze([...native.reasons]);
 // The decision's reason lookup reads this unfrozen copy: in optimized code
@@ -409,6 +410,7 @@ module.exports = {
   atomicsLockFree: native.atomicsLockFree,
   clockResolutionMs: native.clockResolutionMs,
   byteSize,
+  clientKey,
   /** The empty N-API call, for benchmarks (does nothing). */
   nativeNoop: native.noop,
 };

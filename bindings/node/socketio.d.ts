@@ -16,8 +16,10 @@ export interface RateLimitedEvent extends DenialData {
 }
 
 export interface MiddlewareOptions {
-  /** The client id of a socket (default: the handshake address). */
+  /** The client id of a socket (default: clientKey(socket.handshake.address), IPv6 by its /64). */
   clientId?: (socket: Socket) => ClientId;
+  /** Prefix length of the default client id for IPv6 peers, 0..128 (default 64; ignored with clientId). */
+  ipv6PrefixLength?: number;
   /** Install the packet middleware (default true). */
   packets?: boolean;
   /** Bytes of a packet (default: event name plus the arguments' estimated size). */

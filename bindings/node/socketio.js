@@ -10,11 +10,16 @@
 // and installs the packet middleware: a denied packet is dropped and the
 // client gets a 'rate_limited' event with the same fields plus `event`.
 
+const { clientKey } = require('./index.js');
 const { denialBody, valueSize } = require('./lib/adapter.js');
 
 const kConnection = Symbol('ratethrottle.connection');
 
-const defaultClientId = (socket) => socket.handshake.address || '';
+/** The default client id: the handshake address, IPv6 by its /64 (see clientKey). */
+function defaultClientId(ipv6PrefixLength = 64) {
+  clientKey('', { ipv6PrefixLength }); // a bad prefix length throws here, not per connection
+  return (socket) => clientKey(socket.handshake.address || '', { ipv6PrefixLength });
+}
 
 /** Bytes of a packet's arguments (see lib/adapter.js valueSize; acks count 0). */
 function packetSize(args) {
@@ -45,12 +50,13 @@ function packets(socket, conn, options = {}) {
 
 /**
  * An `io.use` connection middleware. Options: clientId(socket) (default the
- * handshake address), packets: false to skip the packet middleware,
+ * handshake address with IPv6 keyed by its /64; ipv6PrefixLength changes
+ * the prefix), packets: false to skip the packet middleware,
  * packetSize(event, args), event (default 'rate_limited').
  * The lease is released on 'disconnect' or when the transport closes.
  */
 function middleware(limiter, options = {}) {
-  const clientId = options.clientId || defaultClientId;
+  const clientId = options.clientId || defaultClientId(options.ipv6PrefixLength);
   return (socket, next) => {
     let d;
     try {

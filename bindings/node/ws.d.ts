@@ -4,8 +4,10 @@ import type { WebSocket, WebSocketServer } from 'ws';
 import type { Connection, Decision, Limiter, ClientId } from './index';
 
 export interface VerifyClientOptions {
-  /** The client id of an upgrade request (default: the remote address). */
+  /** The client id of an upgrade request (default: clientKey(req.socket.remoteAddress), IPv6 by its /64). */
   clientId?: (req: IncomingMessage) => ClientId;
+  /** Prefix length of the default client id for IPv6 peers, 0..128 (default 64; ignored with clientId). */
+  ipv6PrefixLength?: number;
 }
 
 export interface GuardOptions {

@@ -9,23 +9,28 @@
 // Retry-After when denied); protect checks every message and releases the
 // connection when the socket closes.
 
-const { byteSize } = require('./index.js');
+const { byteSize, clientKey } = require('./index.js');
 const { retryAfterSeconds, denialBody } = require('./lib/adapter.js');
 
 const kConnection = Symbol('ratethrottle.connection');
 
-const defaultClientId = (req) => req.socket.remoteAddress || '';
+/** The default client id: the remote address, IPv6 by its /64 (see clientKey). */
+function defaultClientId(ipv6PrefixLength = 64) {
+  clientKey('', { ipv6PrefixLength }); // a bad prefix length throws here, not per request
+  return (req) => clientKey(req.socket.remoteAddress || '', { ipv6PrefixLength });
+}
 
 /**
  * A `verifyClient` for `new WebSocketServer({ verifyClient })`: connects the
- * client in the limiter; a denial answers the upgrade with 429 Too Many
+ * client in the limiter (client id: `options.clientId(req)`, default the
+ * remote address with IPv6 keyed by its /64, `options.ipv6PrefixLength`); a denial answers the upgrade with 429 Too Many
  * Requests, `Retry-After` (seconds, rounded up; absent when it can never
  * pass) and `X-RateLimit-Reason`, and no WebSocket is created. The lease is
  * released when the TCP socket closes, whether or not the handshake
  * completed.
  */
 function verifyClient(limiter, options = {}) {
-  const clientId = options.clientId || defaultClientId;
+  const clientId = options.clientId || defaultClientId(options.ipv6PrefixLength);
   return (info, cb) => {
     const req = info.req;
     let d;

@@ -3,7 +3,7 @@
 import http from 'node:http';
 import { WebSocketServer } from 'ws';
 import { Server } from 'socket.io';
-import { Limiter, Connection, Decision, ConnectDecision, Stats, Violation, presets, REASONS, byteSize, nativeNoop } from 'ratethrottle';
+import { Limiter, Connection, Decision, ConnectDecision, Stats, Violation, presets, REASONS, byteSize, nativeNoop, clientKey } from 'ratethrottle';
 import * as rtws from 'ratethrottle/ws';
 import * as rtio from 'ratethrottle/socketio';
 
@@ -42,6 +42,12 @@ rtws.protect(wss, { onDenied: 'reply' });
 rtws.protect(wss, { onDenied: (ws, dec) => ws.close(4000, dec.reason), tooLargeCode: 1009 });
 const io = new Server(server);
 io.use(rtio.middleware(limiter, { clientId: (socket) => socket.handshake.address, packets: true }));
+io.use(rtio.middleware(limiter, { ipv6PrefixLength: 56 }));
+rtws.verifyClient(limiter, { ipv6PrefixLength: 48 });
+rtws.verifyClient(limiter, { clientId: (req) => clientKey(req.socket.remoteAddress ?? '', { ipv6PrefixLength: 56 }) });
+const key: string = clientKey('2001:db8::1') + clientKey('::1', { ipv6PrefixLength: 128 });
+const unchanged: undefined = clientKey(undefined);
+void [key, unchanged];
 io.on('connection', (socket) => {
   const conn: Connection | undefined = rtio.connectionOf(socket);
   void conn;
@@ -54,3 +60,5 @@ limiter.checkKey('k', 5n);
 new Limiter({ messagesPerMinute: 5 });
 // @ts-expect-error ids are strings or bytes
 limiter.connect(42);
+// @ts-expect-error the prefix length is a number
+clientKey('::1', { ipv6PrefixLength: '64' });
