@@ -8,6 +8,7 @@ package, and bad-input behaviour.
 """
 
 from . import _engine
+from .addresses import client_key
 from .websocket import (
     ChannelsRateLimiter,
     ConnectionInfo,
@@ -34,4 +35,5 @@ __all__ = [
     "InMemoryStorage",
     "SharedMemoryStorage",
     "ENGINE_VERSION",
+    "client_key",
 ]

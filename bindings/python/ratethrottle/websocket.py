@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Union
 
 from . import _engine
+from .addresses import client_key
 
 logger = logging.getLogger(__name__)
 
@@ -616,15 +617,21 @@ class FastAPIWebSocketLimiter:
         limits: Optional[WebSocketLimits] = None,
         get_client_id: Optional[Callable[[Any], Union[str, bytes]]] = None,
         storage: Any = None,
+        *,
+        ipv6_prefix: int = 64,
     ) -> None:
+        client_key("", ipv6_prefix)  # a bad prefix raises here, not per connection
         self.limiter = WebSocketRateLimiter(limits, storage)
+        self.ipv6_prefix = ipv6_prefix
         self.get_client_id = get_client_id or self._default_get_client_id
         self.websocket_map: Dict[Any, str] = {}
 
-    @staticmethod
-    def _default_get_client_id(websocket: Any) -> str:
+    def _default_get_client_id(self, websocket: Any) -> str:
+        """The peer's host through ``client_key`` (IPv6 by its /64);
+        ``"unknown"`` when the server gives no peer address."""
         client = websocket.client
-        return client.host if client else "unknown"
+        host = client.host if client else None
+        return client_key(host, self.ipv6_prefix) if host else "unknown"
 
     async def connect(self, websocket: Any, client_id: Optional[Union[str, bytes]] = None) -> bool:
         """Decides and registers the connection atomically; accepts the
@@ -669,6 +676,14 @@ class SocketIOLimiter:
         self.limiter = WebSocketRateLimiter(limits, storage)
         self.sid_to_client: Dict[str, Any] = {}
 
+    @staticmethod
+    def client_id(environ: Dict[str, Any], ipv6_prefix: int = 64) -> Any:
+        """The client id of a connect handler's ``environ`` for ``on_connect``:
+        ``client_key(environ["REMOTE_ADDR"])`` (IPv6 by its /64), or
+        ``"unknown"`` when the server gives no peer address."""
+        host = environ.get("REMOTE_ADDR")
+        return client_key(host, ipv6_prefix) if host else client_key("unknown", ipv6_prefix)
+
     async def on_connect(self, sid: str, client_id: Union[str, bytes]) -> bool:
         """Decides and registers the connection atomically."""
         result = await self.limiter.connect(sid, client_id)
@@ -703,6 +718,15 @@ class ChannelsRateLimiter:
 
     def __init__(self, limits: Optional[WebSocketLimits] = None, storage: Any = None) -> None:
         self.limiter = WebSocketRateLimiter(limits, storage)
+
+    @staticmethod
+    def client_id(scope: Dict[str, Any], ipv6_prefix: int = 64) -> Any:
+        """The client id of a consumer's ``scope`` for ``connect`` /
+        ``check_connection``: ``client_key(scope["client"][0])`` (IPv6 by its
+        /64), or ``"unknown"`` when the server gives no peer address."""
+        client = scope.get("client")
+        host = client[0] if client else None
+        return client_key(host, ipv6_prefix) if host else client_key("unknown", ipv6_prefix)
 
     async def check_connection(self, client_id: Union[str, bytes]) -> bool:
         return await self.limiter.check_connection(client_id)

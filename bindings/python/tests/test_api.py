@@ -512,7 +512,9 @@ def test_readme_python_examples_run(capsys):
     assert blocks
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-    assert "{'allowed': True, 'reason': 'ok'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "{'allowed': True, 'reason': 'ok'}" in out
+    assert "2001:db8:1:2::/64\n198.51.100.1\n2001:db8:1:200::/56\n2001:db8::/64\n" in out
 
 
 async def test_a_limiter_with_a_violation_callback_is_freed():
