@@ -133,7 +133,7 @@ fn bursty(seed: u64, windows: u64) -> Vec<u64> {
     let mut v = Vec::new();
     while t < windows * W {
         let n = 1 + rng.next() % (L as u64 / 2);
-        v.extend(std::iter::repeat_n(t, n as usize));
+        v.extend(std::iter::repeat(t).take(n as usize));
         t += rng.gap(rate);
     }
     v
@@ -144,8 +144,8 @@ fn bursty(seed: u64, windows: u64) -> Vec<u64> {
 fn boundary(windows: u64) -> Vec<u64> {
     let mut v = Vec::new();
     for k in 1..windows {
-        v.extend(std::iter::repeat_n(k * W - 1, L as usize));
-        v.extend(std::iter::repeat_n(k * W, L as usize));
+        v.extend(std::iter::repeat(k * W - 1).take(L as usize));
+        v.extend(std::iter::repeat(k * W).take(L as usize));
     }
     v
 }
