@@ -119,7 +119,7 @@ def _new_engine(limits: Dict[str, int], path: Any = None) -> "_engine.Engine":
     try:
         if path is None:
             return _engine.Engine(**limits)
-        return _engine.Engine.open_file(path, **limits)
+        return _engine.Engine(**limits, path=path)
     except OverflowError as e:  # a value above the engine field's integer type
         raise ValueError(f"WebSocketLimits: a limit is too large for the engine: {e}") from None
     except ValueError as e:
@@ -534,7 +534,7 @@ def _file_limits(eng: "_engine.Engine", path: Any) -> tuple:
         raise ValueError(
             f"{os.fsdecode(path)}: its region counts over a {d['window_ms']} ms window; "
             "WebSocketLimits are per minute (60000 ms). Use another path, or "
-            "ratethrottle._engine.Engine.open_file for other windows."
+            "ratethrottle._engine.Engine(..., path=...) for other windows."
         )
     engine_limits = {k: d[k] for k in _ENGINE_TO_SEED}
     engine_limits["window_ms"] = _WINDOW_MS

@@ -155,7 +155,7 @@ fn open_error(e: Error, path: &Path, shown: &Bound<'_, PyAny>) -> PyErr {
 }
 
 /// One engine limiter: its region on the heap (`Engine(...)`), or in a
-/// shared file (`Engine.open_file(path, ...)`). Thread-safe.
+/// shared file (`Engine(..., path=...)`). Thread-safe.
 #[pyclass(frozen, module = "ratethrottle._engine")]
 struct Engine {
     lim: Limiter,
@@ -169,78 +169,36 @@ struct Engine {
 impl Engine {
     /// Creates a limiter; a limit out of range raises ValueError naming the
     /// engine field and its allowed range.
+    ///
+    /// Without `path` the region lives on the heap. With `path` (`str`,
+    /// `bytes` or `os.PathLike`; use tmpfs such as `/dev/shm`) it lives in
+    /// that file, so every process of the host that opens the same path
+    /// enforces one set of limits (the engine's `Limiter::open_file`): a
+    /// missing or empty file is created (mode 0600) and formatted with the
+    /// limits given (`opened == "created"`); a file that already holds a
+    /// region is attached (`opened == "attached"`) and the FILE's limits
+    /// apply (`limits()` shows them), the ones given are only validated.
+    /// With `attach_only=True` the file must already hold a region. An
+    /// attach frees the connections of processes that died. The file stays
+    /// when the engine is freed: remove it when no process uses it.
+    ///
+    /// Errors with a path: `TypeError` for a path of another type; `OSError`
+    /// with the errno (FileNotFoundError, IsADirectoryError,
+    /// PermissionError, ...) naming the path when a system call fails;
+    /// `ValueError` for invalid limits (the file is not touched) and for a
+    /// file that holds no usable region (it is left as it was). The GIL is
+    /// released while the file lock is awaited.
     #[new]
     #[pyo3(signature = (
         window_ms = 60_000, connections_per_window = 60, max_concurrent_connections = 10,
         messages_per_window = 1000, bytes_per_window = 0, max_message_size = 65_536,
         client_messages_per_window = 0, client_bytes_per_window = 0,
-        max_clients = 65_536, max_connections = 65_536, fail_open = false, dry_run = false
+        max_clients = 65_536, max_connections = 65_536, fail_open = false, dry_run = false,
+        *, path = None, attach_only = false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        window_ms: u32,
-        connections_per_window: u32,
-        max_concurrent_connections: u32,
-        messages_per_window: u32,
-        bytes_per_window: u64,
-        max_message_size: u32,
-        client_messages_per_window: u32,
-        client_bytes_per_window: u64,
-        max_clients: u32,
-        max_connections: u32,
-        fail_open: bool,
-        dry_run: bool,
-    ) -> PyResult<Engine> {
-        let limits = Limits {
-            window_ms,
-            connections_per_window,
-            max_concurrent_connections,
-            messages_per_window,
-            bytes_per_window,
-            max_message_size,
-            client_messages_per_window,
-            client_bytes_per_window,
-            max_clients,
-            max_connections,
-            fail_open,
-            dry_run,
-        };
-        limits.validate().map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let lim = Limiter::new(&limits).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        Ok(Engine { lim, opened: None, path: None })
-    }
-
-    /// Creates or attaches a limiter whose region lives in the file at
-    /// `path` (`str`, `bytes` or `os.PathLike`; use tmpfs such as
-    /// `/dev/shm`), so every process of the host that opens the same path
-    /// enforces one set of limits (the engine's `Limiter::open_file`).
-    ///
-    /// A missing or empty file is created (mode 0600) and formatted with the
-    /// limits given: `opened == "created"`. A file that already holds a
-    /// region is attached: `opened == "attached"`, and the FILE's limits
-    /// apply (`limits()` shows them); the ones given are only validated.
-    /// With `attach_only=True` the file must already hold a region. An
-    /// attach frees the connections of processes that died. The file stays
-    /// when the engine is freed: remove it when no process uses it.
-    ///
-    /// Errors: `TypeError` for a path of another type; `OSError` with the
-    /// errno (FileNotFoundError, IsADirectoryError, PermissionError, ...)
-    /// naming the path when a system call fails; `ValueError` for invalid
-    /// limits (the file is not touched) and for a file that holds no usable
-    /// region (it is left as it was). The GIL is released while the file
-    /// lock is awaited.
-    #[staticmethod]
-    #[pyo3(signature = (
-        path, *, window_ms = 60_000, connections_per_window = 60, max_concurrent_connections = 10,
-        messages_per_window = 1000, bytes_per_window = 0, max_message_size = 65_536,
-        client_messages_per_window = 0, client_bytes_per_window = 0,
-        max_clients = 65_536, max_connections = 65_536, fail_open = false, dry_run = false,
-        attach_only = false
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn open_file(
         py: Python<'_>,
-        path: &Bound<'_, PyAny>,
         window_ms: u32,
         connections_per_window: u32,
         max_concurrent_connections: u32,
@@ -253,9 +211,10 @@ impl Engine {
         max_connections: u32,
         fail_open: bool,
         dry_run: bool,
+        path: Option<&Bound<'_, PyAny>>,
         attach_only: bool,
     ) -> PyResult<Engine> {
-        let (pathbuf, shown) = path_arg(path)?;
+        let shared = path.map(path_arg).transpose()?;
         let limits = Limits {
             window_ms,
             connections_per_window,
@@ -270,8 +229,15 @@ impl Engine {
             fail_open,
             dry_run,
         };
-        // Refused before the file is touched, with the message `Engine()` gives.
+        // Refused before any file is touched.
         limits.validate().map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let Some((pathbuf, shown)) = shared else {
+            if attach_only {
+                return Err(PyValueError::new_err("attach_only=True needs a path"));
+            }
+            let lim = Limiter::new(&limits).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            return Ok(Engine { lim, opened: None, path: None });
+        };
         let given = (!attach_only).then_some(limits);
         let opened = {
             let p = pathbuf.clone();

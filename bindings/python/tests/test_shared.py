@@ -169,7 +169,7 @@ async def test_create_then_attach_shares_connections_and_keeps_the_file_limits(s
         assert adapter.limiter.get_client_connections("10.0.0.9") == 2
 
     # The engine level: attach_only, the file's limits, the path as given.
-    eng = Engine.open_file(pathlib.Path(storage.path), attach_only=True)
+    eng = Engine(path=pathlib.Path(storage.path), attach_only=True)
     assert (eng.opened, eng.path) == ("attached", storage.path)
     assert eng.limits()["max_concurrent_connections"] == 2
     assert Engine().opened is None and Engine().path is None
@@ -182,8 +182,11 @@ def test_bad_paths_and_files_are_refused_clearly(storage, tmp_path):
     for bad in (123, None, 1.5, ["/dev/shm/x"]):
         with pytest.raises(TypeError, match="str, bytes or os.PathLike"):
             SharedMemoryStorage(bad)
-        with pytest.raises(TypeError, match="str, bytes or os.PathLike"):
-            Engine.open_file(bad)
+        if bad is not None:  # Engine(path=None) is the heap engine
+            with pytest.raises(TypeError, match="str, bytes or os.PathLike"):
+                Engine(path=bad)
+    with pytest.raises(ValueError, match="attach_only=True needs a path"):
+        Engine(attach_only=True)
     with pytest.raises(ValueError, match="empty"):
         SharedMemoryStorage("")
     assert SharedMemoryStorage(pathlib.Path("/dev/shm/p")).path == "/dev/shm/p"
@@ -200,10 +203,10 @@ def test_bad_paths_and_files_are_refused_clearly(storage, tmp_path):
         WebSocketRateLimiter(storage=SharedMemoryStorage(missing))
     assert e.value.filename == str(missing)
     with pytest.raises(FileNotFoundError):
-        Engine.open_file(storage.path, attach_only=True)
+        Engine(path=storage.path, attach_only=True)
     assert not os.path.exists(storage.path)
     with pytest.raises(ValueError, match="NUL"):
-        Engine.open_file("/dev/shm/a\0b")
+        Engine(path="/dev/shm/a\0b")
 
     # Files that hold no region: refused, naming the file, left untouched.
     garbage = tmp_path / "garbage"
@@ -213,7 +216,7 @@ def test_bad_paths_and_files_are_refused_clearly(storage, tmp_path):
             if content:
                 WebSocketRateLimiter(storage=SharedMemoryStorage(garbage))
             else:  # an empty file is created in, unless attach_only
-                Engine.open_file(garbage, attach_only=True)
+                Engine(path=garbage, attach_only=True)
         assert garbage.read_bytes() == content
 
     # Invalid limits: refused with the field's name; no file is created.
@@ -226,11 +229,11 @@ def test_bad_paths_and_files_are_refused_clearly(storage, tmp_path):
             WebSocketRateLimiter(limits, storage=storage)
         assert not os.path.exists(storage.path)
     with pytest.raises(ValueError, match="window_ms"):
-        Engine.open_file(storage.path, window_ms=0)
+        Engine(path=storage.path, window_ms=0)
     assert not os.path.exists(storage.path)
 
     # A region with another window than a minute cannot be read as per-minute.
-    Engine.open_file(storage.path, window_ms=1000, **SMALL)
+    Engine(path=storage.path, window_ms=1000, **SMALL)
     with pytest.raises(ValueError, match="1000 ms window"):
         WebSocketRateLimiter(storage=storage)
     with pytest.raises(NotImplementedError, match="SharedMemoryStorage"):
