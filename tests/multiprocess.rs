@@ -5,8 +5,10 @@
 //! multi-threaded test harness.
 #![cfg(not(loom))]
 
+mod common;
+
+use common::results;
 use ratethrottle::{Error, Limiter, Limits, Reason};
-use std::process::{Command, Stdio};
 
 struct Mapping {
     ptr: *mut u8,
@@ -113,20 +115,7 @@ fn child(task: &str, path: &str) {
 }
 
 fn spawn(task: &str, path: &str) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env("RT_CHILD", format!("{task}:{path}"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn results(c: std::process::Child) -> Vec<String> {
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "child failed: {out:?}");
-    let s = String::from_utf8_lossy(&out.stdout);
-    let line = s.lines().find_map(|l| l.find("RESULT ").map(|i| &l[i..])).unwrap_or_else(|| panic!("no result in {s}"));
-    line.split(' ').skip(1).map(str::to_owned).collect()
+    common::spawn("child_entry", "RT_CHILD", &format!("{task}:{path}"))
 }
 
 #[test]

@@ -5,9 +5,11 @@
 //! Children are this test binary run again with `RT_FILE_CHILD` set.
 #![cfg(not(loom))]
 
+mod common;
+
+use common::results;
 use ratethrottle::{Error, Limiter, Limits, Opened, Reason};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CHILDREN: usize = 4;
@@ -86,34 +88,14 @@ fn child(task: &str, path: &Path) {
 }
 
 fn spawn(task: &str, path: &Path) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "file_child_entry", "--nocapture", "--test-threads=1"])
-        .env("RT_FILE_CHILD", format!("{task}:{}", path.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+    common::spawn("file_child_entry", "RT_FILE_CHILD", &format!("{task}:{}", path.display()))
 }
 
 /// The fields of a child's RESULT line, read while the child still runs.
 fn result_line(c: &mut std::process::Child) -> Vec<String> {
     use std::io::BufRead;
     let out = std::io::BufReader::new(c.stdout.as_mut().unwrap());
-    for line in out.lines() {
-        let line = line.unwrap();
-        if let Some(i) = line.find("RESULT ") {
-            return line[i..].split(' ').skip(1).map(str::to_owned).collect();
-        }
-    }
-    panic!("child ended without a result: {:?}", c.wait());
-}
-
-fn results(c: std::process::Child) -> Vec<String> {
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "child failed: {out:?}");
-    let s = String::from_utf8_lossy(&out.stdout);
-    let line = s.lines().find_map(|l| l.find("RESULT ").map(|i| &l[i..])).unwrap_or_else(|| panic!("no result in {s}"));
-    line.split(' ').skip(1).map(str::to_owned).collect()
+    common::fields(out.lines().map_while(Result::ok)).unwrap_or_else(|| panic!("child ended without a result"))
 }
 
 #[test]
