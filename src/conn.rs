@@ -18,11 +18,11 @@
 //! close cannot charge the slot's next connection.
 //!
 //! Free slots sit in `LANES` Treiber stacks (slot i in lane i % LANES), each
-//! head tagged with a 40-bit counter against ABA; threads start at the lane
-//! of their client, so two threads on different clients rarely share one.
+//! head tagged with a 40-bit counter against ABA; a thread starts at its own
+//! lane (`region::thread_hint`), so two threads rarely share one.
 
 use crate::packed::Traffic;
-use crate::region::{ConnSlot, Region, LANES};
+use crate::region::{thread_hint, ConnSlot, Region, LANES};
 use crate::sync::Ordering;
 
 const INDEX_BITS: u32 = 24;
@@ -148,8 +148,9 @@ fn push(region: &Region, index: u32) {
     }
 }
 
-/// Takes a free slot, starting at lane `hint`.
-pub(crate) fn alloc(region: &Region, hint: usize) -> Option<u32> {
+/// Takes a free slot, starting at the calling thread's lane.
+pub(crate) fn alloc(region: &Region) -> Option<u32> {
+    let hint = thread_hint();
     (0..LANES).find_map(|i| pop(region, (hint + i) % LANES))
 }
 

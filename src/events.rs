@@ -146,7 +146,7 @@ pub(crate) fn push(region: &Region, v: &Violation) -> bool {
             pos = h.ring_tail.load(Ordering::Relaxed);
         }
     }
-    region.count(pos as usize, |s| &s.violations_dropped, 1);
+    region.count(|s| &s.violations_dropped, 1);
     false
 }
 

@@ -20,7 +20,7 @@ use crate::file::Opened;
 use crate::limits::Limits;
 use crate::memory::Owned;
 use crate::packed::{Conns, Traffic, BYTES_MAX, CONN_MAX, MSGS_MAX, TAG_MASK};
-use crate::region::{Region, Snapshot, LANES};
+use crate::region::{thread_hint, Region, Snapshot};
 use crate::stats::{self, ConnectionInfo, Stats};
 use crate::sync::{AtomicU128, Ordering};
 use crate::table::{self, Found};
@@ -369,33 +369,28 @@ impl Limiter {
         let snap = r.header().snapshot();
         let pos = Position::with(now_ms, &snap.window, snap.window_offset);
         let h = table::hash(r, client);
-        let lane = (h >> 96) as usize % LANES;
         for _ in 0..MAX_RELOOKUPS {
             let Ok(found) = table::find_or_insert(r, h, client, pos) else {
-                return self.table_full(&snap, client, lane, now_ms);
+                return self.table_full(&snap, client, now_ms);
             };
-            let Some(index) = conn::alloc(r, lane) else {
-                return self.table_full(&snap, client, lane, now_ms);
+            let Some(index) = conn::alloc(r) else {
+                return self.table_full(&snap, client, now_ms);
             };
             match self.admit(found, &snap, pos, enforce) {
                 Admit::Stale => conn::release(r, index),
                 Admit::Denied(d) => {
                     conn::release(r, index);
-                    return (self.report(d, found.index as usize, client, 0, 1, now_ms), None);
+                    return (self.report(d, client, 0, 1, now_ms), None);
                 }
                 Admit::Allowed(d) => {
                     let handle = conn::open(r, index, found.index, found.epoch, pos.id, now_ms, process::token());
-                    r.count(found.index as usize, |s| &s.connections_allowed, 1);
-                    let d = if d.reason != Reason::Ok {
-                        self.report(d, found.index as usize, client, handle, 1, now_ms)
-                    } else {
-                        d
-                    };
+                    r.count(|s| &s.connections_allowed, 1);
+                    let d = if d.reason != Reason::Ok { self.report(d, client, handle, 1, now_ms) } else { d };
                     return (d, Conn::from_raw(handle));
                 }
             }
         }
-        self.table_full(&snap, client, lane, now_ms)
+        self.table_full(&snap, client, now_ms)
     }
 
     /// Counts one connection on a client's conns word, after checking
@@ -466,17 +461,17 @@ impl Limiter {
         }
     }
 
-    fn table_full(&self, snap: &Snapshot, client: &[u8], lane: usize, now_ms: u64) -> (Decision, Option<Conn>) {
+    fn table_full(&self, snap: &Snapshot, client: &[u8], now_ms: u64) -> (Decision, Option<Conn>) {
         let r = &self.region;
         let d = Decision { retry_after_ms: 0, ..Decision::deny(Reason::TableFull) };
         if snap.fail_open() {
-            r.count(lane, |s| &s.untracked_allowed, 1);
-            r.count(lane, |s| &s.connections_allowed, 1);
+            r.count(|s| &s.untracked_allowed, 1);
+            r.count(|s| &s.connections_allowed, 1);
             let pos = Position::with(now_ms, &snap.window, snap.window_offset);
-            let handle = conn::alloc(r, lane).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, process::token()));
+            let handle = conn::alloc(r).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, process::token()));
             return (Decision { allowed: true, ..d }, handle.and_then(Conn::from_raw));
         }
-        (self.report(d, lane, client, 0, 1, now_ms), None)
+        (self.report(d, client, 0, 1, now_ms), None)
     }
 
     /// Closes a connection: frees its concurrency slot. Idempotent; a stale
@@ -506,8 +501,9 @@ impl Limiter {
                 }
             }
         }
-        add_saturating(&r.stripe(index as usize).closed_messages, closed.messages);
-        add_saturating(&r.stripe(index as usize).closed_bytes, closed.bytes);
+        let stripe = r.stripe(thread_hint());
+        add_saturating(&stripe.closed_messages, closed.messages);
+        add_saturating(&stripe.closed_bytes, closed.bytes);
         conn::recycle(r, index);
         true
     }
@@ -524,9 +520,9 @@ impl Limiter {
         let snap = r.header().snapshot();
         let pos = Position::with(now_ms, &snap.window, snap.window_offset);
         let h = table::hash(r, client);
-        let (c, stripe) = match table::find(r, h) {
-            Some(f) => (Conns::unpack(r.client(f.index).conns.load(Ordering::Acquire)), f.index as usize),
-            None => (Conns::default(), (h >> 96) as usize),
+        let c = match table::find(r, h) {
+            Some(f) => Conns::unpack(r.client(f.index).conns.load(Ordering::Acquire)),
+            None => Conns::default(),
         };
         let roll = window::roll(c.id, c.prev, c.cur, pos);
         let rate = Check {
@@ -554,7 +550,7 @@ impl Limiter {
         };
         // Dry run: decided, reported and counted as a would-be denial, allowed.
         d.allowed = snap.dry_run();
-        self.report(d, stripe, client, 0, 1, now_ms)
+        self.report(d, client, 0, 1, now_ms)
     }
 
     /// The seed's `register_connection`: counts a connection without checking
@@ -622,7 +618,7 @@ impl Limiter {
     /// [`Limiter::check_continuation`] with the caller's clock.
     pub fn check_continuation_at(&self, conn: Conn, size: u64, message_size: u64, now_ms: u64) -> Decision {
         if message_size < size {
-            self.region.count(0, |s| &s.denied[Reason::InvalidArgument as usize], 1);
+            self.region.count(|s| &s.denied[Reason::InvalidArgument as usize], 1);
             return Decision::deny(Reason::InvalidArgument);
         }
         self.check_traffic(conn, 0, size, message_size, now_ms)
@@ -689,7 +685,7 @@ impl Limiter {
     fn traffic_general(&self, conn: Conn, msgs: u64, size: u64, message_size: u64, now_ms: u64) -> Decision {
         let r = &self.region;
         let Some((live, slot)) = conn::lookup(r, conn.raw()) else {
-            r.count(0, |s| &s.denied[Reason::UnknownConnection as usize], 1);
+            r.count(|s| &s.denied[Reason::UnknownConnection as usize], 1);
             return Decision::deny(Reason::UnknownConnection);
         };
         let snap = r.header().snapshot();
@@ -853,7 +849,7 @@ impl Limiter {
         }
         // AcqRel: as in `charge_word`.
         word.compare_exchange(tw, ready.word, Ordering::AcqRel, Ordering::Relaxed).ok()?;
-        r.count(found.index as usize, |s| &s.keys_allowed, 1);
+        r.count(|s| &s.keys_allowed, 1);
         Some(ready.charged.decision)
     }
 
@@ -863,7 +859,7 @@ impl Limiter {
         let r = &self.region;
         let snap = r.header().snapshot();
         if !snap.client_limited() {
-            r.count((h >> 96) as usize, |s| &s.keys_allowed, 1);
+            r.count(|s| &s.keys_allowed, 1);
             return Decision::allow();
         }
         let pos = Position::with(now_ms, &snap.window, snap.window_offset);
@@ -871,28 +867,27 @@ impl Limiter {
             let Ok(found) = table::find_or_insert(r, h, key, pos) else {
                 break;
             };
-            let stripe = found.index as usize;
             match self.charge_client(found.index, found.epoch, &snap, pos, 1, size) {
                 Ok((charge, dry)) => {
-                    r.count(stripe, |s| &s.keys_allowed, 1);
+                    r.count(|s| &s.keys_allowed, 1);
                     return match dry {
                         Some(mut d) => {
                             d.allowed = true;
-                            self.report(d, stripe, key, 0, size, now_ms)
+                            self.report(d, key, 0, size, now_ms)
                         }
                         None => charge.decision,
                     };
                 }
                 Err(d) if d.reason == Reason::TableFull => continue,
-                Err(d) => return self.report(d, stripe, key, 0, size, now_ms),
+                Err(d) => return self.report(d, key, 0, size, now_ms),
             }
         }
         let d = Decision::deny(Reason::TableFull);
         if snap.fail_open() {
-            r.count((h >> 96) as usize, |s| &s.untracked_allowed, 1);
+            r.count(|s| &s.untracked_allowed, 1);
             return Decision { allowed: true, ..d };
         }
-        self.report(d, (h >> 96) as usize, key, 0, size, now_ms)
+        self.report(d, key, 0, size, now_ms)
     }
 
     // ---- reporting and observation -------------------------------------
@@ -901,31 +896,21 @@ impl Limiter {
         let (id, len) =
             if live.client == NO_CLIENT { ([0u8; 40], 0) } else { table::client_id(&self.region, live.client) };
         let handle = conn::handle(live.index, live.generation);
-        self.report_id(d, live.index as usize, &id[..(len as usize).min(40)], len, handle, size, now_ms)
+        self.report_id(d, &id[..(len as usize).min(40)], len, handle, size, now_ms)
     }
 
-    fn report(&self, d: Decision, stripe: usize, id: &[u8], conn: u64, size: u64, now_ms: u64) -> Decision {
-        self.report_id(d, stripe, id, id.len().min(u32::MAX as usize) as u32, conn, size, now_ms)
+    fn report(&self, d: Decision, id: &[u8], conn: u64, size: u64, now_ms: u64) -> Decision {
+        self.report_id(d, id, id.len().min(u32::MAX as usize) as u32, conn, size, now_ms)
     }
 
     /// Counts a denial (or a dry-run would-be denial) and reports it to the
     /// callback and the ring. Returns the decision unchanged.
-    #[allow(clippy::too_many_arguments)]
-    fn report_id(
-        &self,
-        d: Decision,
-        stripe: usize,
-        id: &[u8],
-        id_len: u32,
-        conn: u64,
-        size: u64,
-        now_ms: u64,
-    ) -> Decision {
+    fn report_id(&self, d: Decision, id: &[u8], id_len: u32, conn: u64, size: u64, now_ms: u64) -> Decision {
         let r = &self.region;
         if d.allowed {
-            r.count(stripe, |s| &s.dry_run_denied, 1);
+            r.count(|s| &s.dry_run_denied, 1);
         } else {
-            r.count(stripe, |s| &s.denied[d.reason as usize], 1);
+            r.count(|s| &s.denied[d.reason as usize], 1);
         }
         if matches!(d.reason, Reason::UnknownConnection | Reason::InvalidArgument | Reason::Ok) {
             return d;
