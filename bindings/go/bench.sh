@@ -46,7 +46,7 @@ awk '
     printf "  cpu:  %.1f - %.1f = %.1f ns -> %s\n", C[m], C[e], C[m] - C[e], (C[m] - C[e] <= 30 ? "MET" : "MISSED")
     r = "BenchmarkCheckMessageAtRawCgo"; c = "BenchmarkCheckMessageAtInC"
     printf "\nwhere a raw CheckMessageAt goes (cpu): empty cgo %.1f + engine in C %.1f + the rest %.1f ns\n", C[e], C[c], C[r] - C[e] - C[c]
-    printf "  (the rest: the engine run once per transition, with colder caches and predictors)\n"
+    printf "  (the rest: what one check per cgo call costs beyond those two; near 0 = none)\n"
     p = "BenchmarkKeyedParallel/mutex-map-x-time-rate"
     split("ratethrottle-connect-close ratethrottle-check-key", kinds, " ")
     printf "\ntarget: keyed checks with 2 goroutines beat the mutex-guarded map (ratio < 1)\n"
