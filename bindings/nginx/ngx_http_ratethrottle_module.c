@@ -56,6 +56,7 @@ typedef struct {
     ngx_uint_t                   status_code;
     ngx_uint_t                   log_level;
     ngx_flag_t                   dry_run;
+    ngx_flag_t                   control_frames;
     ngx_shm_zone_t              *status_zone;
 } ngx_http_ratethrottle_loc_conf_t;
 
@@ -194,6 +195,13 @@ static ngx_command_t  ngx_http_ratethrottle_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_ratethrottle_loc_conf_t, dry_run),
+      NULL },
+
+    { ngx_string("ratethrottle_control_frames"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratethrottle_loc_conf_t, control_frames),
       NULL },
 
     { ngx_string("ratethrottle_status"),
@@ -894,7 +902,29 @@ ngx_http_ratethrottle_ws_frame(ngx_http_ratethrottle_ctx_t *ctx)
             return NGX_HTTP_RATETHROTTLE_WS_PROTOCOL_ERROR;
         }
 
-        return 0;
+        if (op == 0x8 || !ctx->lcf->control_frames) {
+            return 0;
+        }
+
+        /*
+         * "ratethrottle_control_frames on": a ping or pong is checked like
+         * the first frame of a message (one message against the message
+         * rate, its payload against the byte budget), so a ping flood is
+         * closed with 1008 like a message flood. It leaves a fragmented
+         * message it interrupts as it was.
+         */
+
+        d = rt_check_message(zone->lim, ctx->conn, plen);
+
+        ngx_http_ratethrottle_note(ctx, &d, "control frame", plen);
+
+        if (d.allowed || dry) {
+            return 0;
+        }
+
+        return d.reason == RT_MESSAGE_TOO_LARGE
+               ? NGX_HTTP_RATETHROTTLE_WS_TOO_BIG
+               : NGX_HTTP_RATETHROTTLE_WS_POLICY;
     }
 
     if (op == 0x0) {
@@ -1325,6 +1355,7 @@ ngx_http_ratethrottle_create_loc_conf(ngx_conf_t *cf)
     conf->status_code = NGX_CONF_UNSET_UINT;
     conf->log_level = NGX_CONF_UNSET_UINT;
     conf->dry_run = NGX_CONF_UNSET;
+    conf->control_frames = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -1345,6 +1376,7 @@ ngx_http_ratethrottle_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_TOO_MANY_REQUESTS);
     ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+    ngx_conf_merge_value(conf->control_frames, prev->control_frames, 0);
 
     return NGX_CONF_OK;
 }

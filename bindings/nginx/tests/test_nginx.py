@@ -98,6 +98,11 @@ http {{
         location /spam {{ ratethrottle zone=spam; proxy_pass http://backend; }}
         location /conc {{ ratethrottle zone=conc; proxy_pass http://backend; }}
         location /msg  {{ ratethrottle zone=msg;  proxy_pass http://backend; }}
+        location /ping {{
+            ratethrottle zone=msg;
+            ratethrottle_control_frames on;
+            proxy_pass http://backend;
+        }}
         location /bw   {{ ratethrottle zone=bw;   proxy_pass http://backend; }}
         location /rl   {{ ratethrottle zone=rl;   proxy_pass http://backend; }}
         location /kill {{ ratethrottle zone=kill; proxy_pass http://backend; }}
@@ -672,6 +677,31 @@ async def t_message_limits(env):
              + b"".join(frame(0x0, b"e" * 400, fin=False) for _ in range(9)))
     code = raw.read_close()
     check(code == 1009, f"endless fragments: close {code}")
+    raw.close()
+
+    # pings are not messages by default: 60 of them (20 messages per
+    # window) pass, and a text message after them is still echoed
+    raw = RawWS(env, "/msg/ws", "raw-pings")
+    check(raw.status == 101, f"raw handshake {raw.status}")
+    raw.send(b"".join(frame(0x9, b"p%d" % i) for i in range(60))
+             + frame(0x1, b"after the pings"))
+    got = None
+    for _ in range(100):
+        f = raw.read_frame()
+        if f is None or f[0] != 0xA:
+            got = f
+            break
+    check(got is not None and got[0] == 0x1 and got[1] == b"after the pings",
+          f"pings counted as messages by default: {got!r:.80}")
+    raw.close()
+
+    # with "ratethrottle_control_frames on" a ping flood is closed with 1008
+    # like a message flood (W3)
+    raw = RawWS(env, "/ping/ws", "raw-ping-flood")
+    check(raw.status == 101, f"raw handshake {raw.status}")
+    raw.send(b"".join(frame(0x9, b"p%d" % i) for i in range(60)))
+    code = raw.read_close()
+    check(code == 1008, f"ping flood with control_frames on: close {code}")
     raw.close()
 
     # a fragmented message under the limit, with a ping between fragments
