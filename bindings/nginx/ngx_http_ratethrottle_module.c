@@ -107,6 +107,9 @@ static ngx_http_ratethrottle_ctx_t *ngx_http_ratethrottle_get_ctx(
 static void ngx_http_ratethrottle_cleanup(void *data);
 static void ngx_http_ratethrottle_note(ngx_http_ratethrottle_ctx_t *ctx,
     rt_decision *d, const char *what, uint64_t size);
+static ngx_uint_t ngx_http_ratethrottle_ws_verdict(
+    ngx_http_ratethrottle_ctx_t *ctx, rt_decision *d, const char *what,
+    uint64_t size);
 static ngx_int_t ngx_http_ratethrottle_header_filter(ngx_http_request_t *r);
 static ssize_t ngx_http_ratethrottle_recv(ngx_connection_t *c, u_char *buf,
     size_t size);
@@ -475,6 +478,27 @@ ngx_http_ratethrottle_note(ngx_http_ratethrottle_ctx_t *ctx, rt_decision *d,
 }
 
 
+/*
+ * Records a WebSocket frame's decision (ngx_http_ratethrottle_note) and
+ * says what it means for the connection: 0 lets the frame through (allowed,
+ * or denied in dry-run mode), else the close code to send.
+ */
+
+static ngx_uint_t
+ngx_http_ratethrottle_ws_verdict(ngx_http_ratethrottle_ctx_t *ctx,
+    rt_decision *d, const char *what, uint64_t size)
+{
+    ngx_http_ratethrottle_note(ctx, d, what, size);
+
+    if (d->allowed || ctx->lcf->dry_run) {
+        return 0;
+    }
+
+    return d->reason == RT_MESSAGE_TOO_LARGE ? NGX_HTTP_RATETHROTTLE_WS_TOO_BIG
+                                             : NGX_HTTP_RATETHROTTLE_WS_POLICY;
+}
+
+
 /* after the 101: hook the client connection of an upgraded request */
 
 static ngx_int_t
@@ -832,7 +856,7 @@ ngx_http_ratethrottle_ws_frame(ngx_http_ratethrottle_ctx_t *ctx)
 {
     u_char                              op, len7;
     uint64_t                            plen;
-    ngx_uint_t                          fin, masked, dry;
+    ngx_uint_t                          fin, masked;
     rt_decision                         d;
     ngx_connection_t                   *c;
     ngx_http_ratethrottle_zone_t       *zone;
@@ -841,7 +865,6 @@ ngx_http_ratethrottle_ws_frame(ngx_http_ratethrottle_ctx_t *ctx)
     f = &ctx->in;
     c = ctx->connection;
     zone = ctx->zone;
-    dry = ctx->lcf->dry_run;
 
     fin = f->hdr[0] & 0x80;
     op = f->hdr[0] & 0x0f;
@@ -916,15 +939,8 @@ ngx_http_ratethrottle_ws_frame(ngx_http_ratethrottle_ctx_t *ctx)
 
         d = rt_check_message(zone->lim, ctx->conn, plen);
 
-        ngx_http_ratethrottle_note(ctx, &d, "control frame", plen);
-
-        if (d.allowed || dry) {
-            return 0;
-        }
-
-        return d.reason == RT_MESSAGE_TOO_LARGE
-               ? NGX_HTTP_RATETHROTTLE_WS_TOO_BIG
-               : NGX_HTTP_RATETHROTTLE_WS_POLICY;
+        return ngx_http_ratethrottle_ws_verdict(ctx, &d, "control frame",
+                                                plen);
     }
 
     if (op == 0x0) {
@@ -951,15 +967,7 @@ ngx_http_ratethrottle_ws_frame(ngx_http_ratethrottle_ctx_t *ctx)
             ctx->in_message = 0;
         }
 
-        ngx_http_ratethrottle_note(ctx, &d, "message", plen);
-
-        if (d.allowed || dry) {
-            return 0;
-        }
-
-        return d.reason == RT_MESSAGE_TOO_LARGE
-               ? NGX_HTTP_RATETHROTTLE_WS_TOO_BIG
-               : NGX_HTTP_RATETHROTTLE_WS_POLICY;
+        return ngx_http_ratethrottle_ws_verdict(ctx, &d, "message", plen);
 
     } else if (op == 0x1 || op == 0x2) {
         if (ctx->in_message) {
@@ -987,14 +995,7 @@ ngx_http_ratethrottle_ws_frame(ngx_http_ratethrottle_ctx_t *ctx)
 
     d = rt_check_message(zone->lim, ctx->conn, plen);
 
-    ngx_http_ratethrottle_note(ctx, &d, "message", plen);
-
-    if (d.allowed || dry) {
-        return 0;
-    }
-
-    return d.reason == RT_MESSAGE_TOO_LARGE ? NGX_HTTP_RATETHROTTLE_WS_TOO_BIG
-                                            : NGX_HTTP_RATETHROTTLE_WS_POLICY;
+    return ngx_http_ratethrottle_ws_verdict(ctx, &d, "message", plen);
 }
 
 
