@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The nightly-only jobs: Miri over the engine and ABI tests (tests/miri), and
-# a time-bounded cargo-fuzz run of every fuzz target (fuzz/).
+# The nightly-only jobs: Miri over the engine and ABI tests (tests/miri),
+# ThreadSanitizer over the engine's unit and behaviour tests (the std built
+# with it, -Zbuild-std), and a time-bounded cargo-fuzz run of every fuzz
+# target (fuzz/).
 #
-# Usage: scripts/nightly.sh [all|miri|fuzz]        (default: all)
+# Usage: scripts/nightly.sh [all|miri|tsan|fuzz]   (default: all)
 #
 # Environment:
 #   NIGHTLY        the nightly toolchain to use (default: nightly)
@@ -11,23 +13,23 @@
 # The nightly toolchain (and Miri, rust-src, cargo-fuzz) is installed when
 # missing. If an install is refused or times out, the jobs that need it are
 # skipped with the reason, and the script exits 0: the stable jobs carry the
-# verdict (TEST-PLAN.md, "Nightly on these machines"). A Miri failure or a
+# verdict (TEST-PLAN.md, "Nightly on these machines"). A Miri or TSan failure, or a
 # fuzzer finding (crash, invariant violation, leak, timeout) exits non-zero;
 # a finding's input is kept under fuzz/artifacts/<target>/ and the command
 # that replays it is printed.
 #
 # The committed seed corpus (fuzz/corpus/<target>/) is copied to a temporary
 # directory before each run, so the fuzzer never grows it. Builds go to
-# target/miri and target/fuzz, apart from the main build cache.
+# target/miri, target/tsan and target/fuzz, apart from the main build cache.
 set -euo pipefail
 
 usage() {
-    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 JOB="${1:-all}"
 case "$JOB" in
-    all | miri | fuzz) ;;
+    all | miri | tsan | fuzz) ;;
     -h | --help)
         usage
         exit 0
@@ -64,8 +66,9 @@ summary() {
 
 # Skips every nightly job, with the reason, and exits 0.
 skip_all() {
-    echo "SKIPPED: nightly jobs (miri, fuzz): $1"
+    echo "SKIPPED: nightly jobs (miri, tsan, fuzz): $1"
     note "miri: SKIPPED ($1)"
+    note "tsan: SKIPPED ($1)"
     note "fuzz: SKIPPED ($1)"
     summary
     exit 0
@@ -136,6 +139,23 @@ run_miri() {
         note "miri: PASSED ($((SECONDS - t0)) s)"
     else
         note "miri: FAILED (exit $rc, $((SECONDS - t0)) s; see the test output above)"
+        FAILED=1
+    fi
+}
+
+# ---- tsan -------------------------------------------------------------------
+
+run_tsan() {
+    echo
+    echo "== tsan: the lib's unit tests and tests/engine.rs under ThreadSanitizer =="
+    local t0=$SECONDS rc=0
+    # A report makes the test process exit non-zero (TSan's exitcode 66).
+    RUSTFLAGS="-Zsanitizer=thread" CARGO_TARGET_DIR="$ROOT/target/tsan" \
+        cargo "+$NIGHTLY" test -Zbuild-std --target "$HOST" --lib --test engine || rc=$?
+    if ((rc == 0)); then
+        note "tsan: PASSED ($((SECONDS - t0)) s)"
+    else
+        note "tsan: FAILED (exit $rc, $((SECONDS - t0)) s; see the reports above)"
         FAILED=1
     fi
 }
@@ -213,9 +233,11 @@ fuzz_one() {
 case "$JOB" in
     all)
         run_miri
+        run_tsan
         run_fuzz
         ;;
     miri) run_miri ;;
+    tsan) run_tsan ;;
     fuzz) run_fuzz ;;
 esac
 

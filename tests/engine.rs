@@ -555,6 +555,46 @@ fn invalid_limits_are_refused_with_the_field_name() {
 }
 
 #[test]
+fn threads_connecting_and_checking_keys_keep_every_limit() {
+    // C4 for connects and keys: 4 threads race for one client's 3
+    // concurrent slots, spend one key's budget, and churn ids of their own
+    // (insert, connect, disconnect); every limit holds exactly and the
+    // totals add up.
+    let n: u64 = if cfg!(miri) { 20 } else { 2000 };
+    let l = Arc::new(lim(Limits {
+        max_concurrent_connections: 3,
+        connections_per_window: 0,
+        client_messages_per_window: (2 * n) as u32,
+        window_ms: 60_000,
+        ..Limits::default()
+    }));
+    let hs: Vec<_> = (0..4u64)
+        .map(|t| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                let (mut shared, mut keys) = (0u64, 0u64);
+                for i in 0..n {
+                    shared += l.connect_at(b"shared", 0).1.is_some() as u64;
+                    keys += l.check_key_at(b"room", 1, 0).allowed as u64;
+                    let id = [t.to_le_bytes(), i.to_le_bytes()].concat();
+                    let (d, c) = l.connect_at(&id, 0);
+                    assert!(d.allowed, "{d:?}");
+                    assert!(l.disconnect(c.unwrap()));
+                }
+                (shared, keys)
+            })
+        })
+        .collect();
+    let (shared, keys) = hs.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(shared, 3, "the concurrency limit is exact under contention");
+    assert_eq!(keys, 2 * n, "the key limit is exact under contention");
+    assert_eq!(l.client_connections(b"shared"), 3);
+    let s = l.stats();
+    assert_eq!(s.active_connections, 3);
+    assert_eq!(s.connections_allowed, 3 + 4 * n, "nothing lost");
+}
+
+#[test]
 fn concurrent_threads_never_exceed_and_lose_nothing() {
     // C4: 3 threads x n ops on two connections of one client (fewer under Miri).
     let n: u64 = if cfg!(miri) { 40 } else { 4000 };
