@@ -117,8 +117,6 @@ _ENGINE_TO_SEED = {
 def _new_engine(limits: Dict[str, int], path: Any = None) -> "_engine.Engine":
     """An engine on the heap, or (``path``) over a shared file."""
     try:
-        if path is None:
-            return _engine.Engine(**limits)
         return _engine.Engine(**limits, path=path)
     except OverflowError as e:  # a value above the engine field's integer type
         raise ValueError(f"WebSocketLimits: a limit is too large for the engine: {e}") from None
@@ -527,6 +525,12 @@ class WebSocketRateLimiter:
         )
 
 
+def _peer_key(host: Any, ipv6_prefix: int) -> Any:
+    """The adapters' client id for a peer host: ``client_key`` (IPv6 by its
+    prefix), or ``"unknown"`` when the server gave no peer address."""
+    return client_key(host if host else "unknown", ipv6_prefix)
+
+
 def _file_limits(eng: "_engine.Engine", path: Any) -> tuple:
     """The WebSocketLimits and engine limits of an attached file's region."""
     d = eng.limits()
@@ -631,7 +635,7 @@ class FastAPIWebSocketLimiter:
         ``"unknown"`` when the server gives no peer address."""
         client = websocket.client
         host = client.host if client else None
-        return client_key(host, self.ipv6_prefix) if host else "unknown"
+        return _peer_key(host, self.ipv6_prefix)
 
     async def connect(self, websocket: Any, client_id: Optional[Union[str, bytes]] = None) -> bool:
         """Decides and registers the connection atomically; accepts the
@@ -682,7 +686,7 @@ class SocketIOLimiter:
         ``client_key(environ["REMOTE_ADDR"])`` (IPv6 by its /64), or
         ``"unknown"`` when the server gives no peer address."""
         host = environ.get("REMOTE_ADDR")
-        return client_key(host, ipv6_prefix) if host else client_key("unknown", ipv6_prefix)
+        return _peer_key(host, ipv6_prefix)
 
     async def on_connect(self, sid: str, client_id: Union[str, bytes]) -> bool:
         """Decides and registers the connection atomically."""
@@ -726,7 +730,7 @@ class ChannelsRateLimiter:
         /64), or ``"unknown"`` when the server gives no peer address."""
         client = scope.get("client")
         host = client[0] if client else None
-        return client_key(host, ipv6_prefix) if host else client_key("unknown", ipv6_prefix)
+        return _peer_key(host, ipv6_prefix)
 
     async def check_connection(self, client_id: Union[str, bytes]) -> bool:
         return await self.limiter.check_connection(client_id)
