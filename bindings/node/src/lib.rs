@@ -798,9 +798,8 @@ fn scratch_array(env: sys::napi_env, state: &Rc<State>) -> CbResult {
 fn open_shared(path: &[u8], limits: &Limits) -> Result<(Limiter, bool), Thrown> {
     let shown = String::from_utf8_lossy(path);
     let (lim, how) = Limiter::open_file(OsStr::from_bytes(path), Some(limits)).map_err(|e| match e {
-        ratethrottle::Error::InvalidLimits(l) => limits_error(l),
-        // Names the path, the failed step and the OS error.
-        e @ ratethrottle::Error::Io { .. } => Thrown::Error(format!("ratethrottle: {e}")),
+        // Io names the path, the failed step and the OS error.
+        e @ (ratethrottle::Error::InvalidLimits(_) | ratethrottle::Error::Io { .. }) => engine_error(e),
         e @ (ratethrottle::Error::IncompatibleRegion(_) | ratethrottle::Error::RegionTooSmall { .. }) => Thrown::Error(
             format!("ratethrottle: cannot use the region in {shown}: {e} (a process may have died while formatting it: remove the file)"),
         ),
