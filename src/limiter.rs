@@ -1273,4 +1273,69 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "searches about a million hashes for colliding ids")]
+    fn ids_aimed_at_one_probe_chain_fill_only_it() {
+        // B3/B9: an attacker who knew the secret (no output shows it: see
+        // the test above) picks ids whose hashes share a shard and both home
+        // slots. They fill that chain's slots (2 windows of 16) and no more:
+        // the next one is TableFull (fail closed), every id placed is still
+        // found, and ids elsewhere (in the other shard, or in other slots of
+        // the same shard) are still admitted.
+        let l = Limits { max_clients: 130, max_connections: 256, ..Limits::default() };
+        let lim = Limiter::new(&l).unwrap();
+        let r = &lim.region;
+        assert_eq!((r.layout.shards, r.layout.probe()), (2, 16));
+        let h0 = table::hash(r, b"aim-0");
+        let (aim, chain) = (table::homes(r, h0), table::candidates(r, h0));
+        let (mut attack, mut elsewhere, mut other_shard) = (Vec::new(), Vec::new(), 0);
+        let mut i = 0u64;
+        while attack.len() < chain.len() + 8 || elsewhere.len() < 16 {
+            let id = format!("aim-{i}").into_bytes();
+            i += 1;
+            let h = table::hash(r, &id);
+            if table::homes(r, h) == aim {
+                attack.push(id);
+            } else if elsewhere.len() < 16 && table::candidates(r, h).iter().all(|s| chain.binary_search(s).is_err()) {
+                other_shard += usize::from(table::homes(r, h).0 != aim.0);
+                elsewhere.push(id);
+            }
+        }
+        assert!((1..16).contains(&other_shard), "ids in both shards: {other_shard} of 16 in the other");
+
+        let mut held = Vec::new();
+        for (n, id) in attack.iter().enumerate() {
+            let (d, c) = lim.connect_at(id, 0);
+            if n < chain.len() {
+                assert!(d.allowed, "aimed id {n} of a chain of {} slots: {d:?}", chain.len());
+                held.push(c.unwrap());
+            } else {
+                assert_eq!((d.allowed, d.reason, c), (false, Reason::TableFull, None), "aimed id {n}");
+            }
+        }
+        for id in &elsewhere {
+            let (d, c) = lim.connect_at(id, 0);
+            assert!(d.allowed, "{d:?}");
+            held.push(c.unwrap());
+        }
+        for id in &attack[..chain.len()] {
+            assert_eq!(lim.client_connections(id), 1);
+        }
+        assert_eq!(lim.stats().tracked_clients, (chain.len() + elsewhere.len()) as u64);
+        assert_eq!(lim.stats().denied[Reason::TableFull as usize], 8);
+
+        // With another secret (every region draws its own), the same ids
+        // spread over both shards and all fit.
+        let fresh = Limiter::new(&l).unwrap();
+        let in_first =
+            attack.iter().filter(|id| table::homes(&fresh.region, table::hash(&fresh.region, id)).0 == 0).count();
+        assert!(in_first > 0 && in_first < attack.len(), "{in_first} of {} in shard 0", attack.len());
+        for id in &attack {
+            assert!(fresh.connect_at(id, 0).0.allowed);
+        }
+        for c in held {
+            assert!(lim.disconnect(c));
+        }
+    }
 }

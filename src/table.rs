@@ -133,6 +133,24 @@ fn probe_slots(region: &Region, h: u128) -> impl Iterator<Item = u32> {
     (0..p.count()).map(move |i| p.slot(i))
 }
 
+/// The shard and the two home slots (sorted) of a hash: ids that agree on
+/// them compete for the same slots.
+#[cfg(test)]
+pub(crate) fn homes(region: &Region, h: u128) -> (u32, [u32; 2]) {
+    let p = Probe::new(region, h);
+    let [a, b] = p.homes;
+    (p.base, [a.min(b), a.max(b)])
+}
+
+/// Every slot a hash may occupy, sorted.
+#[cfg(test)]
+pub(crate) fn candidates(region: &Region, h: u128) -> Vec<u32> {
+    let mut v: Vec<u32> = probe_slots(region, h).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Finds a client without inserting it. Lock-free. May miss a client whose
 /// insert is racing this call (its tag not yet visible); the caller's insert
 /// path then looks again under the shard lock, without tags.

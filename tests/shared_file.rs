@@ -202,3 +202,32 @@ fn bad_files_and_paths_are_refused_and_left_as_they_were() {
     assert!(matches!(Limiter::open_file("/dev/shm/a\0b", None), Err(Error::InvalidArgument(_))));
     assert!(matches!(Limiter::open_file("/dev/shm", Some(&limits())), Err(Error::Io { errno: libc::EISDIR, .. })));
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn a_region_file_cut_short_is_refused_not_mapped_past_its_end() {
+    // M6: a file shrunk while no process had it open. Attach sizes its
+    // mapping from the file and checks the region fits before touching any
+    // of it, so a cut file is an error (with or without limits: never
+    // reformatted), not a SIGBUS, and it is left as it was. (A file shrunk
+    // while mapped cannot be refused: Linux seals only memfd files, so the
+    // README says not to resize it.)
+    let path = ShmPath::new("cut");
+    let full = Limiter::region_size(&limits()).unwrap();
+    drop(Limiter::open_file(&path.0, Some(&limits())).unwrap());
+    let file = std::fs::OpenOptions::new().write(true).open(&path.0).unwrap();
+    for len in [full - 1, full / 2, 4096, 100] {
+        file.set_len(len as u64).unwrap();
+        for l in [None, Some(&limits())] {
+            match Limiter::open_file(&path.0, l) {
+                // Shorter than the header: the header's size is what it needs.
+                Err(Error::RegionTooSmall { needed, given }) => {
+                    assert_eq!(given, len);
+                    assert!(needed == full || (len < 4096 && needed > len), "needs {needed}");
+                }
+                other => panic!("{len} bytes: {:?}", other.map(|_| ())),
+            }
+            assert_eq!(std::fs::metadata(&path.0).unwrap().len(), len as u64, "left as it was");
+        }
+    }
+}
