@@ -1289,20 +1289,25 @@ mod tests {
         assert_eq!((r.layout.shards, r.layout.probe()), (2, 16));
         let h0 = table::hash(r, b"aim-0");
         let (aim, chain) = (table::homes(r, h0), table::candidates(r, h0));
-        let (mut attack, mut elsewhere, mut other_shard) = (Vec::new(), Vec::new(), 0);
+        // 8 ids in the other shard and 8 in this one, away from the chain.
+        let (mut attack, mut other_shard, mut same_shard) = (Vec::new(), Vec::new(), Vec::new());
         let mut i = 0u64;
-        while attack.len() < chain.len() + 8 || elsewhere.len() < 16 {
+        while attack.len() < chain.len() + 8 || other_shard.len() < 8 || same_shard.len() < 8 {
             let id = format!("aim-{i}").into_bytes();
             i += 1;
             let h = table::hash(r, &id);
-            if table::homes(r, h) == aim {
+            let homes = table::homes(r, h);
+            if homes == aim {
                 attack.push(id);
-            } else if elsewhere.len() < 16 && table::candidates(r, h).iter().all(|s| chain.binary_search(s).is_err()) {
-                other_shard += usize::from(table::homes(r, h).0 != aim.0);
-                elsewhere.push(id);
+            } else if homes.0 != aim.0 {
+                if other_shard.len() < 8 {
+                    other_shard.push(id);
+                }
+            } else if same_shard.len() < 8 && table::candidates(r, h).iter().all(|s| chain.binary_search(s).is_err()) {
+                same_shard.push(id);
             }
         }
-        assert!((1..16).contains(&other_shard), "ids in both shards: {other_shard} of 16 in the other");
+        let elsewhere = [other_shard, same_shard].concat();
 
         let mut held = Vec::new();
         for (n, id) in attack.iter().enumerate() {
