@@ -171,6 +171,10 @@ pub(crate) fn open(
 ) -> u64 {
     let slot = region.conn(index);
     let generation = state_generation(slot.state.load(Ordering::Relaxed));
+    // Release fence before the field stores: a reader of the slot's previous
+    // connection (`connection_info`) that loads one of them then sees, after
+    // its Acquire fence, that the old connection closed.
+    crate::sync::fence(Ordering::Release);
     slot.traffic.store(Traffic::fresh(generation, window_id), Ordering::Relaxed);
     slot.owner.store(owner, Ordering::Relaxed);
     slot.connected_at_ms.store(now_ms, Ordering::Relaxed);

@@ -440,6 +440,12 @@ impl Header {
             spin_wait();
         }
         let a = self.limits_active.load(Ordering::Relaxed);
+        // Release fence before the field stores: a reader still reading this
+        // set (active before the previous flip) that loads one of our new
+        // values then sees, after its Acquire fence, that flip, so it reads
+        // again instead of taking a torn set (loom:
+        // loom_two_limit_updates_race_a_reader).
+        crate::sync::fence(Ordering::Release);
         let old = &self.limits[(a & 1) as usize];
         let set = &self.limits[(a & 1 ^ 1) as usize];
         let old_w = old.window_ms.load(Ordering::Relaxed);

@@ -136,6 +136,9 @@ pub(crate) fn connection_info(region: &Region, handle: u64) -> Option<Connection
         byte_count: slot.acc_bytes.load(Ordering::Relaxed).saturating_add(t.bytes_prev + t.bytes_cur),
     };
     // The connection may have closed while we read: then it is unknown.
+    // Acquire fence: the loads above happen before this re-check (pairs
+    // with the fence in `conn::open`; loom: loom_connection_info_races_slot_reuse).
+    crate::sync::fence(Ordering::Acquire);
     conn::lookup(region, handle).map(|_| info)
 }
 

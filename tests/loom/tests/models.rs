@@ -237,3 +237,88 @@ fn loom_limits_update_is_seen_whole() {
         t.join().unwrap();
     });
 }
+
+/// The violation ring (Vyukov's bounded MPMC queue) under two denying
+/// threads and a draining one: every record is read exactly once and whole
+/// (C7: its positions are Relaxed, the cells are published by their
+/// sequence's Release/Acquire).
+#[test]
+fn loom_violation_ring_push_races_drain() {
+    loom::model(|| {
+        let lim = tiny(Limits { max_message_size: 10, ..Limits::default() });
+        let ts: Vec<_> = [(&b"a"[..], 11u64), (&b"b"[..], 12)]
+            .into_iter()
+            .map(|(id, size)| {
+                let c = lim.connect_at(id, 0).1.unwrap();
+                let lim = lim.clone();
+                thread::spawn(move || assert_eq!(lim.check_message_at(c, size, 0).reason, Reason::MessageTooLarge))
+            })
+            .collect();
+        let mut got = Vec::new();
+        let mut buf = [ratethrottle::Violation::empty(); 2];
+        let n = lim.drain_violations(&mut buf);
+        got.extend_from_slice(&buf[..n]);
+        for t in ts {
+            t.join().unwrap();
+        }
+        let n = lim.drain_violations(&mut buf);
+        got.extend_from_slice(&buf[..n]);
+        got.sort_by_key(|v| v.size);
+        let seen: Vec<_> = got.iter().map(|v| (v.reason, v.client_id().to_vec(), v.size)).collect();
+        assert_eq!(
+            seen,
+            [(Reason::MessageTooLarge, b"a".to_vec(), 11), (Reason::MessageTooLarge, b"b".to_vec(), 12)],
+            "a record lost, doubled or torn"
+        );
+    });
+}
+
+/// Two updates in a row race a reader: the second writes into the set the
+/// reader may still be reading (the one the first update left). The reader
+/// must notice (C7: the writer's Release fence before its Relaxed field
+/// stores pairs with the reader's Acquire fence after its field loads).
+#[test]
+fn loom_two_limit_updates_race_a_reader() {
+    loom::model(|| {
+        let set = |n: u32| Limits {
+            messages_per_window: n,
+            max_message_size: 10 * n,
+            max_clients: 2,
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let lim = tiny(set(1));
+        let l2 = lim.clone();
+        let t = thread::spawn(move || {
+            l2.update_limits_at(&set(2), 0).unwrap();
+            l2.update_limits_at(&set(3), 0).unwrap();
+        });
+        let l = lim.limits();
+        assert_eq!(l.max_message_size, 10 * l.messages_per_window, "torn limits: {l:?}");
+        t.join().unwrap();
+    });
+}
+
+/// `connection_info` on a handle races its close and the reuse of its slot
+/// by another connection: the answer is the old connection's or none, never
+/// the new one's fields under the old handle (C7: the same fence pairing as
+/// the limits, between `conn::open`'s Relaxed stores and the re-check).
+#[test]
+fn loom_connection_info_races_slot_reuse() {
+    loom::model(|| {
+        let lim = Arc::new(Limiter::new(&Limits { max_clients: 2, max_connections: 1, ..Limits::default() }).unwrap());
+        let old = lim.connect_at(b"a", 1).1.unwrap();
+        let l2 = lim.clone();
+        let t = thread::spawn(move || l2.connection_info(old));
+        assert!(lim.disconnect(old));
+        let new = lim.connect_at(b"b", 7).1.unwrap();
+        if let Some(info) = t.join().unwrap() {
+            assert_eq!(
+                (info.client_id(), info.connected_at_ms),
+                (&b"a"[..], 1),
+                "the new connection under the old handle"
+            );
+        }
+        assert!(lim.disconnect(new));
+    });
+}
