@@ -25,6 +25,15 @@ func limits() rt.Limits {
 
 func echoServer(t *testing.T, l rt.Limits, o rtcoder.Options) (*rt.Limiter, string) {
 	t.Helper()
+	lim, url, _ := echoServerErrs(t, l, o)
+	return lim, url
+}
+
+// echoServerErrs is echoServer that also sends, for each socket, the error
+// that ended its Read loop (buffered: nothing blocks on it).
+func echoServerErrs(t *testing.T, l rt.Limits, o rtcoder.Options) (*rt.Limiter, string, <-chan error) {
+	t.Helper()
+	errs := make(chan error, 64)
 	lim, err := rt.New(l)
 	if err != nil {
 		t.Fatal(err)
@@ -39,6 +48,10 @@ func echoServer(t *testing.T, l rt.Limits, o rtcoder.Options) (*rt.Limiter, stri
 		for {
 			mt, p, err := rd.Read(r.Context())
 			if err != nil {
+				select {
+				case errs <- err:
+				default:
+				}
 				return
 			}
 			if err := c.Write(r.Context(), mt, p); err != nil {
@@ -51,7 +64,7 @@ func echoServer(t *testing.T, l rt.Limits, o rtcoder.Options) (*rt.Limiter, stri
 		srv.Close()
 		lim.Close()
 	})
-	return lim, "ws" + strings.TrimPrefix(srv.URL, "http")
+	return lim, "ws" + strings.TrimPrefix(srv.URL, "http"), errs
 }
 
 func dial(t *testing.T, ctx context.Context, url string) *websocket.Conn {

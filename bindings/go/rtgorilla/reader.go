@@ -1,9 +1,17 @@
 // Package rtgorilla limits the messages of a gorilla/websocket connection
 // with a ratethrottle Conn: every message's size and rate is decided by the
-// engine, and a denial is answered as the MessagePolicy says.
+// engine, and a denial is answered as the MessagePolicy says. It also ends
+// half-open sockets (an idle timeout with server pings) so that a client
+// that vanished does not hold a concurrency slot.
 package rtgorilla
 
 import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -28,6 +36,25 @@ type Options struct {
 	Reply func(ws *websocket.Conn, d rt.Decision) error
 	// CloseTimeout bounds the write of the close frame (default 1 s).
 	CloseTimeout time.Duration
+	// IdleTimeout ends the socket when nothing at all (a message or part of
+	// one, a ping, a pong) arrives from the peer for this long while
+	// ReadMessage waits: the TCP connection is closed at once (no close
+	// handshake) and ReadMessage returns an error wrapping rt.ErrIdleTimeout,
+	// so the handler returns and the connection's slot is freed. 0 means
+	// rt.DefaultIdleTimeout (60 s); a negative value disables it (no read
+	// deadline, no pings: the Reader then leaves the socket's read deadline
+	// and ping/pong handlers alone). While it is on, the Reader owns the read
+	// deadline; ping and pong handlers set before NewReader keep running
+	// (gorilla's default ping handler answers pings).
+	IdleTimeout time.Duration
+	// PingInterval is how often the server pings the peer (WriteControl, safe
+	// beside other writers) once ReadMessage has been called, so that a live
+	// but silent peer answers with a pong. 0 means IdleTimeout/2; a value
+	// >= IdleTimeout is lowered to IdleTimeout/2; a negative value sends no
+	// pings (the peer must then send something within every IdleTimeout).
+	// Pinging stops when ReadMessage returns an error, or at the first ping
+	// after the socket was closed.
+	PingInterval time.Duration
 }
 
 // Reader reads messages the engine allows. Like gorilla's own reads, one
@@ -36,6 +63,9 @@ type Reader struct {
 	ws   *websocket.Conn
 	conn *rt.Conn
 	o    Options
+
+	idle  time.Duration // > 0: the idle timeout is on
+	pings pinger
 }
 
 // NewReader wraps ws; conn is the connection opened for it (for instance by
@@ -49,16 +79,48 @@ func NewReader(ws *websocket.Conn, conn *rt.Conn, o Options) *Reader {
 	if o.CloseTimeout <= 0 {
 		o.CloseTimeout = time.Second
 	}
-	return &Reader{ws: ws, conn: conn, o: o}
+	r := &Reader{ws: ws, conn: conn, o: o}
+	switch {
+	case o.IdleTimeout == 0:
+		r.idle = rt.DefaultIdleTimeout
+	case o.IdleTimeout > 0:
+		r.idle = o.IdleTimeout
+	}
+	if r.idle > 0 {
+		// Any control frame from the peer proves it alive: restart the idle
+		// clock, then run the handler that was there (gorilla's default
+		// answers pings with a pong).
+		ping, pong := ws.PingHandler(), ws.PongHandler()
+		ws.SetPingHandler(func(s string) error { r.alive(); return ping(s) })
+		ws.SetPongHandler(func(s string) error { r.alive(); return pong(s) })
+		interval := o.PingInterval
+		if interval == 0 || interval >= r.idle {
+			interval = r.idle / 2
+		}
+		if interval > 0 {
+			r.pings.ws, r.pings.every = ws, interval
+		}
+	}
+	return r
 }
 
 // ReadMessage returns the next message the engine allows. Denied messages
 // are dropped (with a reply) or end the socket with a close frame (1008 or
-// 1009), after which it returns a *rt.MessageDeniedError. Errors of the
-// socket are returned as gorilla gives them.
+// 1009), after which it returns a *rt.MessageDeniedError. A socket silent
+// for the idle timeout is closed and an error wrapping rt.ErrIdleTimeout is
+// returned. Other errors of the socket are returned as gorilla gives them.
 func (r *Reader) ReadMessage() (messageType int, p []byte, err error) {
+	r.pings.start()
+	mt, p, err := r.readAllowed()
+	if err != nil {
+		r.pings.stop()
+	}
+	return mt, p, err
+}
+
+func (r *Reader) readAllowed() (int, []byte, error) {
 	for {
-		mt, p, err := r.ws.ReadMessage()
+		mt, p, err := r.next()
 		if err != nil || r.conn == nil {
 			return mt, p, err
 		}
@@ -78,9 +140,116 @@ func (r *Reader) ReadMessage() (messageType int, p []byte, err error) {
 	}
 }
 
+// next reads one message. With the idle timeout on, the read deadline is
+// set before the read and pushed back by every frame that arrives: by the
+// ping/pong handlers, and by every chunk of a message's data (so a large
+// message that arrives slowly but steadily is not cut).
+func (r *Reader) next() (int, []byte, error) {
+	if r.idle <= 0 {
+		return r.ws.ReadMessage()
+	}
+	r.alive()
+	mt, rd, err := r.ws.NextReader()
+	var p []byte
+	if err == nil {
+		p, err = io.ReadAll(aliveReader{rd, r})
+	}
+	var ne net.Error
+	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+		// Nothing arrived for the idle timeout: end the TCP connection now
+		// (a half-open peer would never complete a close handshake).
+		_ = r.ws.Close()
+		return mt, p, fmt.Errorf("%w (%v): %w", rt.ErrIdleTimeout, r.idle, err)
+	}
+	return mt, p, err
+}
+
+// alive restarts the idle clock (called on the reading goroutine only).
+func (r *Reader) alive() {
+	_ = r.ws.SetReadDeadline(time.Now().Add(r.idle))
+}
+
+type aliveReader struct {
+	rd io.Reader
+	r  *Reader
+}
+
+func (a aliveReader) Read(b []byte) (int, error) {
+	n, err := a.rd.Read(b)
+	if n > 0 {
+		a.r.alive()
+	}
+	return n, err
+}
+
 func (r *Reader) reply(d rt.Decision) error {
 	if r.o.Reply != nil {
 		return r.o.Reply(r.ws, d)
 	}
 	return r.ws.WriteMessage(websocket.TextMessage, rt.ErrorReply(d))
+}
+
+// livePingers counts the pingers started and not yet stopped (for tests:
+// a pinger must not outlive its socket).
+var livePingers atomic.Int64
+
+// pinger sends a ping every `every` from a timer (no goroutine waits
+// between pings). gorilla allows WriteControl concurrently with every other
+// method, including Close.
+type pinger struct {
+	ws    *websocket.Conn // nil: no pings
+	every time.Duration
+
+	mu      sync.Mutex
+	timer   *time.Timer
+	stopped bool
+}
+
+func (p *pinger) start() {
+	if p.ws == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.timer != nil || p.stopped {
+		return
+	}
+	livePingers.Add(1)
+	p.timer = time.AfterFunc(p.every, p.ping)
+}
+
+func (p *pinger) ping() {
+	err := p.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(p.every))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopped {
+		return
+	}
+	if err != nil {
+		// The socket is closed or broken for writes: stop; the read
+		// deadline still ends a silent socket.
+		p.stopLocked()
+		return
+	}
+	p.timer.Reset(p.every)
+}
+
+func (p *pinger) stop() {
+	if p.ws == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopLocked()
+}
+
+func (p *pinger) stopLocked() {
+	if p.stopped {
+		return
+	}
+	p.stopped = true
+	if p.timer != nil {
+		p.timer.Stop()
+		livePingers.Add(-1)
+	}
 }

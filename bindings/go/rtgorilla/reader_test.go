@@ -29,6 +29,15 @@ func limits() rt.Limits {
 // message, allowed ones are echoed back.
 func echoServer(t *testing.T, l rt.Limits, o rtgorilla.Options) (*rt.Limiter, string) {
 	t.Helper()
+	lim, url, _ := echoServerErrs(t, l, o)
+	return lim, url
+}
+
+// echoServerErrs is echoServer that also sends, for each socket, the error
+// that ended its ReadMessage loop (buffered: nothing blocks on it).
+func echoServerErrs(t *testing.T, l rt.Limits, o rtgorilla.Options) (*rt.Limiter, string, <-chan error) {
+	t.Helper()
+	errs := make(chan error, 64)
 	lim, err := rt.New(l)
 	if err != nil {
 		t.Fatal(err)
@@ -44,6 +53,10 @@ func echoServer(t *testing.T, l rt.Limits, o rtgorilla.Options) (*rt.Limiter, st
 		for {
 			mt, p, err := rd.ReadMessage()
 			if err != nil {
+				select {
+				case errs <- err:
+				default:
+				}
 				return
 			}
 			if err := ws.WriteMessage(mt, p); err != nil {
@@ -56,7 +69,7 @@ func echoServer(t *testing.T, l rt.Limits, o rtgorilla.Options) (*rt.Limiter, st
 		srv.Close()
 		lim.Close()
 	})
-	return lim, "ws" + strings.TrimPrefix(srv.URL, "http")
+	return lim, "ws" + strings.TrimPrefix(srv.URL, "http"), errs
 }
 
 func dial(t *testing.T, url string) *websocket.Conn {
