@@ -55,6 +55,13 @@ type Options struct {
 	// Pinging stops when ReadMessage returns an error, or at the first ping
 	// after the socket was closed.
 	PingInterval time.Duration
+	// CountControlFrames checks each ping and pong the peer sends like a
+	// message: one message against the message rate and its payload against
+	// the byte budget (as nginx's ratethrottle_control_frames on). A denied
+	// one ends the socket with a close frame 1008 and ReadMessage returns a
+	// *rt.MessageDeniedError, so a ping flood is stopped like a message
+	// flood. Default false: control frames are not messages.
+	CountControlFrames bool
 }
 
 // Reader reads messages the engine allows. Like gorilla's own reads, one
@@ -86,13 +93,26 @@ func NewReader(ws *websocket.Conn, conn *rt.Conn, o Options) *Reader {
 	case o.IdleTimeout > 0:
 		r.idle = o.IdleTimeout
 	}
-	if r.idle > 0 {
+	if r.idle > 0 || (o.CountControlFrames && conn != nil) {
 		// Any control frame from the peer proves it alive: restart the idle
-		// clock, then run the handler that was there (gorilla's default
-		// answers pings with a pong).
+		// clock, check it when control frames count, then run the handler
+		// that was there (gorilla's default answers pings with a pong). A
+		// handler's error ends NextReader with that error.
 		ping, pong := ws.PingHandler(), ws.PongHandler()
-		ws.SetPingHandler(func(s string) error { r.alive(); return ping(s) })
-		ws.SetPongHandler(func(s string) error { r.alive(); return pong(s) })
+		ws.SetPingHandler(func(s string) error {
+			if err := r.control(s); err != nil {
+				return err
+			}
+			return ping(s)
+		})
+		ws.SetPongHandler(func(s string) error {
+			if err := r.control(s); err != nil {
+				return err
+			}
+			return pong(s)
+		})
+	}
+	if r.idle > 0 {
 		interval := o.PingInterval
 		if interval == 0 || interval >= r.idle {
 			interval = r.idle / 2
@@ -129,10 +149,7 @@ func (r *Reader) readAllowed() (int, []byte, error) {
 			return mt, p, nil
 		}
 		if r.o.Policy.Action(d) == rt.ActionClose {
-			code := rt.CloseCode(d)
-			msg := websocket.FormatCloseMessage(code, d.Reason.String())
-			_ = r.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(r.o.CloseTimeout))
-			return 0, nil, &rt.MessageDeniedError{Decision: d, CloseCode: code}
+			return 0, nil, r.closeFor(d)
 		}
 		if err := r.reply(d); err != nil {
 			return 0, nil, err
@@ -162,6 +179,29 @@ func (r *Reader) next() (int, []byte, error) {
 		return mt, p, fmt.Errorf("%w (%v): %w", rt.ErrIdleTimeout, r.idle, err)
 	}
 	return mt, p, err
+}
+
+// control handles a ping or pong from the peer: it proves the peer alive
+// and, with CountControlFrames, is checked like a message.
+func (r *Reader) control(payload string) error {
+	if r.idle > 0 {
+		r.alive()
+	}
+	if !r.o.CountControlFrames || r.conn == nil {
+		return nil
+	}
+	if d := r.conn.CheckMessage(len(payload)); !d.Allowed {
+		return r.closeFor(d)
+	}
+	return nil
+}
+
+// closeFor ends the socket for a denial with its close code (1008 or 1009).
+func (r *Reader) closeFor(d rt.Decision) error {
+	code := rt.CloseCode(d)
+	msg := websocket.FormatCloseMessage(code, d.Reason.String())
+	_ = r.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(r.o.CloseTimeout))
+	return &rt.MessageDeniedError{Decision: d, CloseCode: code}
 }
 
 // alive restarts the idle clock (called on the reading goroutine only).

@@ -256,3 +256,52 @@ func TestRefusedUpgradeReleasesLease(t *testing.T) {
 		t.Fatalf("after refused upgrades: %+v", s)
 	}
 }
+
+// W3: a ping flood. With CountControlFrames each ping is checked like a
+// message, so the 6th of a 5-message budget closes the socket with 1008;
+// without it the same pings are answered and the socket stays open.
+func TestPingFloodCountsOnlyWhenAsked(t *testing.T) {
+	for _, count := range []bool{true, false} {
+		t.Run(fmt.Sprintf("count=%v", count), func(t *testing.T) {
+			l := limits()
+			l.MessagesPerWindow = 5
+			lim, url, errs := echoServerErrs(t, l, rtgorilla.Options{CountControlFrames: count, IdleTimeout: -1})
+			ws := dial(t, url)
+			pongs := make(chan struct{}, 16)
+			ws.SetPongHandler(func(string) error { pongs <- struct{}{}; return nil })
+			for i := 0; i < 10; i++ {
+				if err := ws.WriteControl(websocket.PingMessage, []byte("ping"), time.Now().Add(5*time.Second)); err != nil {
+					break // the server closed after the denial
+				}
+			}
+			if count {
+				_, _, err := ws.ReadMessage()
+				var ce *websocket.CloseError
+				if !errors.As(err, &ce) || ce.Code != rt.ClosePolicyViolation || ce.Text != rt.ReasonMessageRate.String() {
+					t.Fatalf("want close 1008 %s, got %v", rt.ReasonMessageRate, err)
+				}
+				var de *rt.MessageDeniedError
+				if err := <-errs; !errors.As(err, &de) || de.CloseCode != rt.ClosePolicyViolation {
+					t.Fatalf("server: %v", err)
+				}
+				if n := len(pongs); n != 5 {
+					t.Fatalf("%d pongs before the close, want the 5 pings within the budget", n)
+				}
+				s, _ := lim.Stats()
+				if s.Denied[rt.ReasonMessageRate] != 1 {
+					t.Fatalf("stats: %+v", s)
+				}
+				return
+			}
+			// Not counted: all 10 pings answered, and a message still passes.
+			ws.WriteMessage(websocket.TextMessage, []byte("after"))
+			_, p, err := ws.ReadMessage()
+			if err != nil || string(p) != "after" {
+				t.Fatalf("echo after pings: %q %v", p, err)
+			}
+			if n := len(pongs); n != 10 {
+				t.Fatalf("%d pongs, want 10", n)
+			}
+		})
+	}
+}
