@@ -17,6 +17,13 @@ export interface GuardOptions {
   tooLargeCode?: number;
   /** Close code for other denials in 'close' mode (default 1008). */
   policyCode?: number;
+  /**
+   * Liveness of the peer, in ms (default 60000; 0 disables): the server pings
+   * every idleTimeoutMs/2, any frame from the peer (message, ping, pong)
+   * restarts the clock, and a peer silent for idleTimeoutMs is terminated
+   * (its connection, and concurrency slot, released). 0..2^31-1.
+   */
+  idleTimeoutMs?: number;
 }
 
 export type VerifyClientCallback = (

@@ -6,7 +6,8 @@
 //   rt.protect(wss, { onDenied: 'close' });
 //
 // verifyClient decides each upgrade before the handshake completes (429 with
-// Retry-After when denied); protect checks every message and releases the
+// Retry-After when denied); protect checks every message, pings idle peers and
+// ends a peer that stays silent for idleTimeoutMs, and releases the
 // connection when the socket closes.
 
 const { byteSize, clientKey } = require('./index.js');
@@ -79,6 +80,79 @@ function deny(ws, d, options) {
   }
 }
 
+const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+const MAX_TIMER_MS = 2 ** 31 - 1; // the largest delay setTimeout honours
+
+/** `options.idleTimeoutMs` checked: a number of ms in 0..2^31-1 (0 = off), default 60000. */
+function idleTimeoutOf(options) {
+  const v = options.idleTimeoutMs;
+  if (v === undefined) return DEFAULT_IDLE_TIMEOUT_MS;
+  if (typeof v !== 'number') {
+    throw new TypeError(`ratethrottle/ws: idleTimeoutMs must be a number of milliseconds, got ${typeof v}`);
+  }
+  if (!Number.isFinite(v) || v < 0 || v > MAX_TIMER_MS) {
+    throw new RangeError(`ratethrottle/ws: idleTimeoutMs must be 0 (off) or up to ${MAX_TIMER_MS} ms, got ${v}`);
+  }
+  return v;
+}
+
+/**
+ * The liveness rule of one socket (a transport rule, not a limit): a ping
+ * every idleMs/2; any frame from the peer (message, ping, pong; call
+ * `seen()`) restarts the idle clock; after idleMs with nothing at all,
+ * ws.terminate() (no close handshake), whose 'close' releases the engine
+ * connection. The timer is unref'd and cleared on 'close'.
+ */
+function keepAlive(ws, idleMs) {
+  const pingMs = idleMs / 2;
+  let last = performance.now();
+  let nextPing = last + pingMs;
+  let timer = null;
+  let stopped = false;
+  const arm = (now) => {
+    timer = setTimeout(tick, Math.max(1, Math.min(nextPing, last + idleMs) - now));
+    timer.unref();
+  };
+  // Expiry is decided after the poll phase (setImmediate), so that frames
+  // already waiting in the socket when a stalled event loop wakes up are read
+  // (and restart the clock) before the peer is judged silent. The immediate
+  // stays ref'd: an unref'd one would not wake a loop blocked in poll.
+  const expire = () => {
+    if (stopped) return;
+    const now = performance.now();
+    if (now - last >= idleMs) {
+      stopped = true;
+      ws.terminate();
+    } else {
+      arm(now);
+    }
+  };
+  function tick() {
+    timer = null;
+    if (stopped) return;
+    const now = performance.now();
+    if (now - last >= idleMs) {
+      setImmediate(expire);
+      return;
+    }
+    if (now >= nextPing) {
+      if (ws.readyState === ws.OPEN) ws.ping();
+      nextPing = now + pingMs;
+    }
+    arm(now);
+  }
+  ws.once('close', () => {
+    stopped = true;
+    if (timer !== null) clearTimeout(timer);
+  });
+  arm(last);
+  return {
+    seen() {
+      last = performance.now();
+    },
+  };
+}
+
 /**
  * Checks every message of a WebSocket accepted through `verifyClient`.
  * A denied message never reaches the 'message' listeners; then, by
@@ -86,16 +160,22 @@ function deny(ws, d, options) {
  * message_too_large and 1008 otherwise (`tooLargeCode` / `policyCode`),
  * 'reply' sends `{"type":"error","error":reason,"reason",...,"retry_after"}`
  * and keeps the socket, a function `(ws, decision)` does what it wants.
- * Returns the engine connection.
+ * `options.idleTimeoutMs` (default 60000, 0 = off): the server pings every
+ * idleTimeoutMs/2 and terminates a peer from which nothing at all (message,
+ * ping or pong) arrived for idleTimeoutMs, so a vanished client does not keep
+ * its concurrency slot. Returns the engine connection.
  */
 function guard(ws, req, options = {}) {
   const conn = req[kConnection];
   if (!conn) {
     throw new Error('ratethrottle/ws: this request was not admitted by verifyClient(limiter)');
   }
+  const idleMs = idleTimeoutOf(options);
   ws.once('close', () => conn.close());
+  const alive = idleMs > 0 ? keepAlive(ws, idleMs) : null;
   const emit = ws.emit;
   ws.emit = function emitChecked(event, ...args) {
+    if (alive !== null && (event === 'message' || event === 'pong' || event === 'ping')) alive.seen();
     if (event === 'message' && !conn.closed) {
       let d;
       try {
@@ -115,8 +195,9 @@ function guard(ws, req, options = {}) {
   return conn;
 }
 
-/** Guards every connection of `wss` (see guard). */
+/** Guards every connection of `wss` (see guard). Bad options throw here. */
 function protect(wss, options = {}) {
+  idleTimeoutOf(options);
   wss.on('connection', (ws, req) => guard(ws, req, options));
   return wss;
 }

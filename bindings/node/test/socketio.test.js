@@ -3,15 +3,17 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const path = require('node:path');
+const { spawn } = require('node:child_process');
 const { Server } = require('socket.io');
 const { io: connectClient } = require('socket.io-client');
 const { Limiter } = require('..');
 const rtio = require('../socketio');
 const { until, next, httpServer } = require('./helpers.js');
 
-async function chatServer(limiter, { before } = {}) {
+async function chatServer(limiter, { before, serverOptions } = {}) {
   const h = await httpServer();
-  const io = new Server(h.server);
+  const io = new Server(h.server, serverOptions);
   if (before) io.use(before);
   io.use(rtio.middleware(limiter));
   const app = { received: [] };
@@ -32,7 +34,7 @@ async function chatServer(limiter, { before } = {}) {
     await new Promise((r) => io.close(() => r()));
     await h.close();
   };
-  return { io, app, client, close };
+  return { io, app, client, close, url: `http://127.0.0.1:${h.port}` };
 }
 
 test('socket.io: over-limit connections get connect_error with reason and retry_after; disconnect frees the slot', async (t) => {
@@ -126,3 +128,75 @@ test('socket.io: packet sizes count strings, binary and nested values', () => {
   assert.equal(rtio.packetSize([{ ab: 'cd', n: 12 }]), 2 + 2 + 1 + 2);
   assert.equal(rtio.packetSize([[1, 2], null, () => {}]), 1 + 1 + 4 + 0);
 });
+
+// ---- W7: a vanished client. engine.io's own heartbeat (the server pings every
+// pingInterval; no pong within pingTimeout closes the transport) frees the
+// slot through the middleware's 'disconnect' release: no second mechanism. ----
+
+/** Starts test/fixtures/idle-client.js (a real socket.io client in its own process). */
+async function childClient(url) {
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'idle-client.js'), 'socketio', url], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const kill = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  };
+  process.once('exit', kill);
+  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  try {
+    await new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('socket.io client: no "open" in time')), 20_000);
+      let out = '';
+      child.stdout.on('data', (d) => {
+        out += d;
+        if (out.includes('open\n')) {
+          clearTimeout(t);
+          resolve();
+        }
+      });
+      child.once('exit', (code) => {
+        clearTimeout(t);
+        reject(new Error(`socket.io client exited (${code}) before connecting`));
+      });
+    });
+  } catch (err) {
+    kill();
+    throw err;
+  }
+  return { child, exited, kill };
+}
+
+// Small heartbeat for the tests (defaults: pingInterval 25 s, pingTimeout 20 s).
+const heartbeat = { pingInterval: 300, pingTimeout: 600 };
+
+for (const [how, signal] of [
+  ['frozen (SIGSTOP: connected, answering no ping) frees its slot after the server\'s ping timeout', 'SIGSTOP'],
+  ['killed (SIGKILL) frees its slot when its transport closes', 'SIGKILL'],
+]) {
+  test(`socket.io W7: a client process ${how}`, async (t) => {
+    const limiter = new Limiter({ maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
+    const srv = await chatServer(limiter, { serverOptions: heartbeat });
+    const c = await childClient(srv.url);
+    t.after(async () => {
+      c.kill();
+      await srv.close();
+      limiter.close();
+    });
+    await until(() => limiter.clientConnections('127.0.0.1') === 1, 'the child is connected');
+    const [server] = srv.io.sockets.sockets.values();
+    const disconnected = next(server, 'disconnect');
+    c.child.kill(signal);
+    const [reason] = await disconnected;
+    if (signal === 'SIGSTOP') {
+      assert.equal(reason, 'ping timeout', 'engine.io\'s heartbeat ended it');
+      assert.equal(c.child.exitCode, null, 'the client process is still there, frozen');
+    } else {
+      assert.equal(reason, 'transport close');
+      assert.equal((await c.exited).signal, 'SIGKILL');
+    }
+    await until(() => limiter.clientConnections('127.0.0.1') === 0, 'the vanished client\'s slot freed');
+    const again = srv.client();
+    await next(again, 'connect');
+    assert.equal(limiter.clientConnections('127.0.0.1'), 1, 'the same client gets in again (max concurrency 1)');
+  });
+}

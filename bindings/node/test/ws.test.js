@@ -4,6 +4,10 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('node:http');
+const net = require('node:net');
+const path = require('node:path');
+const crypto = require('node:crypto');
+const { spawn, spawnSync } = require('node:child_process');
 const { WebSocketServer, WebSocket } = require('ws');
 const { Limiter } = require('..');
 const rtws = require('../ws');
@@ -26,7 +30,7 @@ async function echoServer(limiter, guardOptions) {
     await new Promise((r) => wss.close(r));
     await h.close();
   };
-  return { url: `ws://127.0.0.1:${h.port}`, port: h.port, app, close };
+  return { url: `ws://127.0.0.1:${h.port}`, port: h.port, wss, app, close };
 }
 
 /** Opens a client; resolves with the socket, or with { status, headers } when refused. */
@@ -180,4 +184,237 @@ test('ws: upgrade probes without upgrade headers take no lease (W5)', async (t) 
   const ws = await open(srv.url);
   assert.ok(ws instanceof WebSocket, 'the one real upgrade still gets in');
   ws.close();
+});
+
+// ---- W7: half-open connections, idle timeout with server pings ----
+
+/**
+ * A raw TCP client that completes the WebSocket handshake by hand and then
+ * goes silent: it sends nothing more and never reads (so it never answers a
+ * ping or a close), and keeps the TCP connection open. Resolves with the
+ * socket once the 101 is read.
+ */
+function halfOpen(port) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let head = '';
+    const t = setTimeout(() => {
+      sock.destroy();
+      reject(new Error('timed out waiting for the 101'));
+    }, 10_000);
+    sock.on('error', reject);
+    sock.once('connect', () => {
+      sock.write(
+        'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+          `Sec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+      );
+    });
+    const onData = (chunk) => {
+      head += chunk.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      clearTimeout(t);
+      sock.off('data', onData);
+      sock.pause(); // never read again
+      if (!head.startsWith('HTTP/1.1 101')) {
+        sock.destroy();
+        reject(new Error(`no upgrade: ${head.split('\r\n')[0]}`));
+        return;
+      }
+      resolve(sock);
+    };
+    sock.on('data', onData);
+  });
+}
+
+/** A masked client text frame (payload < 126 bytes), as a client must send it. */
+function textFrame(text) {
+  const payload = Buffer.from(text);
+  const mask = crypto.randomBytes(4);
+  const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
+  return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]);
+}
+
+/** Starts test/fixtures/idle-client.js; resolves once it is connected. Killed by the returned kill(). */
+async function childClient(kind, url) {
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'idle-client.js'), kind, url], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const kill = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  };
+  process.once('exit', kill); // even if the test runner dies mid-test
+  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  await new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${kind} client: no "open" in time`)), 20_000);
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      if (out.includes('open\n')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(t);
+      reject(new Error(`${kind} client exited (${code}) before connecting`));
+    });
+  }).catch((err) => {
+    kill();
+    throw err;
+  });
+  return { child, exited, kill };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+test('ws W7: a client that goes silent after the handshake is terminated by the idle timeout; its slot is freed', async (t) => {
+  const limiter = new Limiter({ maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { idleTimeoutMs: 1000 });
+  const accepted = next(srv.wss, 'connection');
+  const raw = await halfOpen(srv.port);
+  t.after(async () => {
+    raw.destroy();
+    await srv.close();
+    limiter.close();
+  });
+  const [serverWs] = await accepted;
+  // The lease is taken before the 101 is sent, so it is held now.
+  assert.equal(limiter.clientConnections('127.0.0.1'), 1);
+  // Waiting on the event (no polling timer that would wake the event loop):
+  // the server must end the silent client by itself.
+  const [code] = await next(serverWs, 'close');
+  assert.equal(code, 1006, 'terminated, no close handshake');
+  assert.equal(limiter.clientConnections('127.0.0.1'), 0, 'the silent client\'s slot freed by the idle timeout');
+  assert.equal(raw.destroyed, false, 'the client never closed anything: the server ended it');
+  const ws = await open(srv.url);
+  assert.ok(ws instanceof WebSocket, 'a new connection of the same client is admitted (max concurrency 1)');
+  ws.close();
+  await until(() => limiter.clientConnections('127.0.0.1') === 0, 'released');
+});
+
+test('ws W7: an idle but honest client (ws answers pings) stays connected past several idle timeouts', async (t) => {
+  const limiter = new Limiter({ maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { idleTimeoutMs: 600 });
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const ws = await open(srv.url);
+  let pings = 0;
+  ws.on('ping', () => pings++);
+  let closedEarly = null;
+  ws.once('close', (code) => (closedEarly = code));
+  await sleep(3000); // five idle timeouts, sending nothing
+  assert.equal(closedEarly, null, 'still connected');
+  assert.equal(ws.readyState, WebSocket.OPEN);
+  assert.ok(pings >= 2, `the server pinged the idle client (${pings} pings)`);
+  assert.equal(limiter.clientConnections('127.0.0.1'), 1);
+  let echoed = false;
+  ws.once('message', () => (echoed = true));
+  ws.send('still here');
+  await until(() => echoed, 'echo after the idle period');
+  ws.close();
+  await until(() => limiter.clientConnections('127.0.0.1') === 0, 'released');
+});
+
+test('ws W7: a frozen client process (SIGSTOP: connected, answering nothing) loses its slot to the idle timeout', async (t) => {
+  const limiter = new Limiter({ maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { idleTimeoutMs: 1000 });
+  const c = await childClient('ws', srv.url);
+  t.after(async () => {
+    c.kill();
+    await srv.close();
+    limiter.close();
+  });
+  await until(() => limiter.clientConnections('127.0.0.1') === 1, 'the child is connected');
+  c.child.kill('SIGSTOP');
+  await until(() => limiter.clientConnections('127.0.0.1') === 0, 'the frozen client\'s slot freed by the idle timeout');
+  assert.equal(c.child.exitCode, null, 'the client process is still there, frozen');
+  const ws = await open(srv.url);
+  assert.ok(ws instanceof WebSocket, 'the same client gets in again');
+  ws.close();
+});
+
+test('ws W7: a killed client process (SIGKILL) frees its slot', async (t) => {
+  const limiter = new Limiter({ maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter); // default idle timeout (60 s): the kernel's FIN/RST frees it
+  const c = await childClient('ws', srv.url);
+  t.after(async () => {
+    c.kill();
+    await srv.close();
+    limiter.close();
+  });
+  await until(() => limiter.clientConnections('127.0.0.1') === 1, 'the child is connected');
+  c.child.kill('SIGKILL');
+  assert.equal((await c.exited).signal, 'SIGKILL');
+  await until(() => limiter.clientConnections('127.0.0.1') === 0, 'the killed client\'s slot freed');
+  const ws = await open(srv.url);
+  assert.ok(ws instanceof WebSocket);
+  ws.close();
+});
+
+test('ws W7: a slow close handshake (the peer never answers our close frame) ends at the idle timeout', async (t) => {
+  // ws itself would wait 30 s for the close frame; the bounded wait below is 10 s.
+  const limiter = new Limiter({ maxMessageSize: 4, maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { idleTimeoutMs: 1000 });
+  const raw = await halfOpen(srv.port);
+  t.after(async () => {
+    raw.destroy();
+    await srv.close();
+    limiter.close();
+  });
+  raw.write(textFrame('too large')); // denied: the server sends close 1009 and waits for the answer
+  await until(() => limiter.stats().denied.message_too_large === 1, 'the oversize message denied');
+  assert.equal(srv.app.received, 0);
+  await until(() => limiter.clientConnections('127.0.0.1') === 0, 'slot freed although the close handshake never completed');
+  const ws = await open(srv.url);
+  assert.ok(ws instanceof WebSocket);
+  ws.close();
+});
+
+test('ws W7: idleTimeoutMs 0 disables pings and the timeout', async (t) => {
+  const limiter = new Limiter({ maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { idleTimeoutMs: 0 });
+  const raw = await halfOpen(srv.port);
+  const ws = await open(srv.url);
+  t.after(async () => {
+    raw.destroy();
+    await srv.close();
+    limiter.close();
+  });
+  let pings = 0;
+  ws.on('ping', () => pings++);
+  await sleep(1500);
+  assert.equal(pings, 0, 'no ping sent');
+  assert.equal(limiter.clientConnections('127.0.0.1'), 2, 'the silent client is kept');
+  ws.close();
+});
+
+test('ws W7: the idle timeout alone ends a half-open client (a process with no other timer)', () => {
+  const r = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'ws-half-open.js')], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.error, undefined, 'the process finished within the bound');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'connected 1\nclosed 1006 0\n');
+});
+
+test('ws W7: the idle timer does not keep the process alive', () => {
+  const r = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'ws-unref.js')], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.error, undefined, 'the process exited by itself (a ref\'d idle timer would keep it running)');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout, 'connected 1\nexit 0\n');
+});
+
+test('ws W7: bad idleTimeoutMs values throw when the adapter is set up', () => {
+  const wss = new WebSocketServer({ noServer: true });
+  for (const v of ['1000', null, 10n, true]) {
+    assert.throws(() => rtws.protect(wss, { idleTimeoutMs: v }), TypeError, String(v));
+  }
+  for (const v of [-1, NaN, Infinity, 2 ** 31]) {
+    assert.throws(() => rtws.protect(wss, { idleTimeoutMs: v }), RangeError, String(v));
+  }
+  assert.equal(wss.listenerCount('connection'), 0, 'nothing was installed');
+  rtws.protect(wss, { idleTimeoutMs: 2 ** 31 - 1 });
+  rtws.protect(wss, { idleTimeoutMs: 0 });
+  assert.equal(wss.listenerCount('connection'), 2);
+  wss.close();
 });

@@ -39,6 +39,8 @@ void [denied, text, n, REASONS[0], shared.attached];
 const server = http.createServer();
 const wss = new WebSocketServer({ server, verifyClient: rtws.verifyClient(limiter, { clientId: (req) => req.socket.remoteAddress ?? '' }) });
 rtws.protect(wss, { onDenied: 'reply' });
+rtws.protect(wss, { idleTimeoutMs: 30_000 });
+rtws.protect(wss, { idleTimeoutMs: 0 });
 rtws.protect(wss, { onDenied: (ws, dec) => ws.close(4000, dec.reason), tooLargeCode: 1009 });
 const io = new Server(server);
 io.use(rtio.middleware(limiter, { clientId: (socket) => socket.handshake.address, packets: true }));
@@ -60,5 +62,7 @@ limiter.checkKey('k', 5n);
 new Limiter({ messagesPerMinute: 5 });
 // @ts-expect-error ids are strings or bytes
 limiter.connect(42);
+// @ts-expect-error the idle timeout is a number of ms
+rtws.protect(wss, { idleTimeoutMs: '60s' });
 // @ts-expect-error the prefix length is a number
 clientKey('::1', { ipv6PrefixLength: '64' });
