@@ -24,6 +24,12 @@ export interface GuardOptions {
    * (its connection, and concurrency slot, released). 0..2^31-1.
    */
   idleTimeoutMs?: number;
+  /**
+   * Check each ping and pong the peer sends like a message (one message
+   * against the message rate, its payload against the byte budget); past
+   * the budget the socket is closed with policyCode (1008). Default false.
+   */
+  countControlFrames?: boolean;
 }
 
 export type VerifyClientCallback = (

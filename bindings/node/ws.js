@@ -163,7 +163,10 @@ function keepAlive(ws, idleMs) {
  * `options.idleTimeoutMs` (default 60000, 0 = off): the server pings every
  * idleTimeoutMs/2 and terminates a peer from which nothing at all (message,
  * ping or pong) arrived for idleTimeoutMs, so a vanished client does not keep
- * its concurrency slot. Returns the engine connection.
+ * its concurrency slot. `options.countControlFrames` (default false): each
+ * ping and pong from the peer is checked like a message, and a denied one
+ * closes with `policyCode` (1008), so a ping flood is stopped like a message
+ * flood. Returns the engine connection.
  */
 function guard(ws, req, options = {}) {
   const conn = req[kConnection];
@@ -173,10 +176,15 @@ function guard(ws, req, options = {}) {
   const idleMs = idleTimeoutOf(options);
   ws.once('close', () => conn.close());
   const alive = idleMs > 0 ? keepAlive(ws, idleMs) : null;
+  const countControl = options.countControlFrames === true;
+  let closing = false; // closed for a denial: later frames are dropped unchecked
   const emit = ws.emit;
   ws.emit = function emitChecked(event, ...args) {
-    if (alive !== null && (event === 'message' || event === 'pong' || event === 'ping')) alive.seen();
-    if (event === 'message' && !conn.closed) {
+    const control = event === 'ping' || event === 'pong';
+    if (alive !== null && (event === 'message' || control)) alive.seen();
+    const checked = event === 'message' || (control && countControl);
+    if (checked && closing) return false;
+    if (checked && !conn.closed) {
       let d;
       try {
         d = conn.checkMessage(messageSize(args[0]));
@@ -186,7 +194,10 @@ function guard(ws, req, options = {}) {
         return false;
       }
       if (!d.allowed) {
-        deny(ws, d, options);
+        // A control frame is never answered with a message: close.
+        if (control) ws.close(options.policyCode ?? 1008, d.reason);
+        else deny(ws, d, options);
+        closing = ws.readyState !== ws.OPEN;
         return false;
       }
     }

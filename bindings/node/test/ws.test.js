@@ -95,6 +95,36 @@ test('ws: oversize message closes with 1009 (no retry)', async (t) => {
   assert.equal(srv.app.received, 1);
 });
 
+test('ws W3: a ping flood is closed with 1008 past the budget only with countControlFrames', async (t) => {
+  for (const count of [true, false]) {
+    const limiter = new Limiter({ messagesPerWindow: 5, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+    const srv = await echoServer(limiter, { countControlFrames: count, idleTimeoutMs: 0 });
+    t.after(async () => {
+      await srv.close();
+      limiter.close();
+    });
+    const ws = await open(srv.url);
+    let pongs = 0;
+    ws.on('pong', () => pongs++);
+    const c = closed(ws);
+    for (let i = 0; i < 10; i++) ws.ping(Buffer.from('ping'));
+    if (count) {
+      const { code, reason } = await c;
+      assert.equal(code, 1008);
+      assert.equal(reason, 'rate_limit_exceeded');
+      assert.equal(limiter.stats().denied.rate_limit_exceeded, 1);
+    } else {
+      await until(() => pongs === 10, 'all 10 pings answered');
+      let echoed = false;
+      ws.once('message', () => (echoed = true));
+      ws.send('after');
+      await until(() => echoed, 'a message still passes');
+      assert.equal(srv.app.received, 1);
+      ws.close();
+    }
+  }
+});
+
 test('ws: reply mode answers denials with an error message and keeps the socket', async (t) => {
   const limiter = new Limiter({ messagesPerWindow: 2, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
   const srv = await echoServer(limiter, { onDenied: 'reply' });

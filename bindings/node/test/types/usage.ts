@@ -41,6 +41,7 @@ const wss = new WebSocketServer({ server, verifyClient: rtws.verifyClient(limite
 rtws.protect(wss, { onDenied: 'reply' });
 rtws.protect(wss, { idleTimeoutMs: 30_000 });
 rtws.protect(wss, { idleTimeoutMs: 0 });
+rtws.protect(wss, { countControlFrames: true, idleTimeoutMs: 0 });
 rtws.protect(wss, { onDenied: (ws, dec) => ws.close(4000, dec.reason), tooLargeCode: 1009 });
 const io = new Server(server);
 io.use(rtio.middleware(limiter, { clientId: (socket) => socket.handshake.address, packets: true }));
