@@ -1,14 +1,11 @@
 package rtcoder_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +13,8 @@ import (
 	"github.com/coder/websocket"
 
 	rt "github.com/ratethrottle/ratethrottle/bindings/go"
+	"github.com/ratethrottle/ratethrottle/bindings/go/internal/child"
+	"github.com/ratethrottle/ratethrottle/bindings/go/internal/poll"
 	"github.com/ratethrottle/ratethrottle/bindings/go/internal/rawws"
 	"github.com/ratethrottle/ratethrottle/bindings/go/rtcoder"
 )
@@ -24,38 +23,19 @@ import (
 // RT_CODER_CLIENT set to a URL. It connects with coder, says "ready" and
 // reads (answering pings) until it is killed.
 func TestMain(m *testing.M) {
-	if url := os.Getenv("RT_CODER_CLIENT"); url != "" {
+	child.Serve("RT_CODER_CLIENT", func(url string) (func() error, error) {
 		c, _, err := websocket.Dial(context.Background(), url, nil)
 		if err != nil {
-			os.Stdout.WriteString("error " + err.Error() + "\n")
-			os.Exit(2)
+			return nil, err
 		}
-		os.Stdout.WriteString("ready\n")
-		for {
-			if _, _, err := c.Read(context.Background()); err != nil {
-				os.Exit(0)
-			}
-		}
-	}
+		return func() error { _, _, err := c.Read(context.Background()); return err }, nil
+	})
 	os.Exit(m.Run())
-}
-
-// waitUntil polls cond every 10 ms for at most 10 s (generous: the machine
-// is shared); it fails the test with what when cond never holds.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for i := 0; i < 1000; i++ {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("after 10 s: %s", what)
 }
 
 func waitPingersStopped(t *testing.T) {
 	t.Helper()
-	waitUntil(t, "watchdogs still running", func() bool { return rtcoder.LivePingers() == 0 })
+	poll.Until(t, "watchdogs still running", func() bool { return rtcoder.LivePingers() == 0 })
 }
 
 func live(lim *rt.Limiter) func() int {
@@ -91,7 +71,7 @@ func TestHalfOpenClientFreedByIdleTimeout(t *testing.T) {
 	if n := live(lim)(); n != 1 {
 		t.Fatalf("live connections %d after the handshake, want 1", n)
 	}
-	waitUntil(t, "the half-open connection still holds its slot", func() bool { return live(lim)() == 0 })
+	poll.Until(t, "the half-open connection still holds its slot", func() bool { return live(lim)() == 0 })
 	select {
 	case err := <-errs:
 		if !errors.Is(err, rt.ErrIdleTimeout) {
@@ -198,44 +178,10 @@ func TestKilledClientFreed(t *testing.T) {
 	l := limits()
 	l.MaxConcurrentConnections = 1
 	lim, url, errs := echoServerErrs(t, l, rtcoder.Options{ReadLimit: 1 << 20})
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "RT_CODER_CLIENT="+url)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	line := make(chan string, 1)
-	go func() {
-		s, _ := bufio.NewReader(out).ReadString('\n')
-		line <- s
-		io.Copy(io.Discard, out)
-	}()
-	select {
-	case s := <-line:
-		if strings.TrimSpace(s) != "ready" {
-			t.Fatalf("child: %q", s)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the child did not connect")
-	}
-	waitUntil(t, "the child's connection is not live", func() bool { return live(lim)() == 1 })
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-	killed = true
-	waitUntil(t, "the killed client's slot was not freed", func() bool { return live(lim)() == 0 })
+	kill := child.Start(t, "RT_CODER_CLIENT", url)
+	poll.Until(t, "the child's connection is not live", func() bool { return live(lim)() == 1 })
+	kill()
+	poll.Until(t, "the killed client's slot was not freed", func() bool { return live(lim)() == 0 })
 	select {
 	case err := <-errs:
 		if errors.Is(err, rt.ErrIdleTimeout) {

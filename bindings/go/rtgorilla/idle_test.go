@@ -1,12 +1,8 @@
 package rtgorilla_test
 
 import (
-	"bufio"
 	"errors"
-	"io"
 	"os"
-	"os/exec"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +10,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	rt "github.com/ratethrottle/ratethrottle/bindings/go"
+	"github.com/ratethrottle/ratethrottle/bindings/go/internal/child"
+	"github.com/ratethrottle/ratethrottle/bindings/go/internal/poll"
 	"github.com/ratethrottle/ratethrottle/bindings/go/internal/rawws"
 	"github.com/ratethrottle/ratethrottle/bindings/go/rtgorilla"
 )
@@ -22,38 +20,19 @@ import (
 // RT_GORILLA_CLIENT set to a URL. It connects with gorilla, says "ready" and
 // reads (answering pings) until it is killed.
 func TestMain(m *testing.M) {
-	if url := os.Getenv("RT_GORILLA_CLIENT"); url != "" {
+	child.Serve("RT_GORILLA_CLIENT", func(url string) (func() error, error) {
 		ws, _, err := websocket.DefaultDialer.Dial(url, nil)
 		if err != nil {
-			os.Stdout.WriteString("error " + err.Error() + "\n")
-			os.Exit(2)
+			return nil, err
 		}
-		os.Stdout.WriteString("ready\n")
-		for {
-			if _, _, err := ws.ReadMessage(); err != nil {
-				os.Exit(0)
-			}
-		}
-	}
+		return func() error { _, _, err := ws.ReadMessage(); return err }, nil
+	})
 	os.Exit(m.Run())
-}
-
-// waitUntil polls cond every 10 ms for at most 10 s (generous: the machine
-// is shared); it fails the test with what when cond never holds.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for i := 0; i < 1000; i++ {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("after 10 s: %s", what)
 }
 
 func waitPingersStopped(t *testing.T) {
 	t.Helper()
-	waitUntil(t, "pingers still running", func() bool { return rtgorilla.LivePingers() == 0 })
+	poll.Until(t, "pingers still running", func() bool { return rtgorilla.LivePingers() == 0 })
 }
 
 // W7: a client that completes the handshake and then goes silent (never
@@ -72,7 +51,7 @@ func TestHalfOpenClientFreedByIdleTimeout(t *testing.T) {
 	if n := lim.ClientConnections("127.0.0.1"); n != 1 {
 		t.Fatalf("live connections %d after the handshake, want 1", n)
 	}
-	waitUntil(t, "the half-open connection still holds its slot", func() bool {
+	poll.Until(t, "the half-open connection still holds its slot", func() bool {
 		return lim.ClientConnections("127.0.0.1") == 0
 	})
 	select {
@@ -170,46 +149,12 @@ func TestKilledClientFreed(t *testing.T) {
 	l := limits()
 	l.MaxConcurrentConnections = 1
 	lim, url, errs := echoServerErrs(t, l, rtgorilla.Options{})
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "RT_GORILLA_CLIENT="+url)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	line := make(chan string, 1)
-	go func() {
-		s, _ := bufio.NewReader(out).ReadString('\n')
-		line <- s
-		io.Copy(io.Discard, out)
-	}()
-	select {
-	case s := <-line:
-		if strings.TrimSpace(s) != "ready" {
-			t.Fatalf("child: %q", s)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the child did not connect")
-	}
-	waitUntil(t, "the child's connection is not live", func() bool {
+	kill := child.Start(t, "RT_GORILLA_CLIENT", url)
+	poll.Until(t, "the child's connection is not live", func() bool {
 		return lim.ClientConnections("127.0.0.1") == 1
 	})
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-	killed = true
-	waitUntil(t, "the killed client's slot was not freed", func() bool {
+	kill()
+	poll.Until(t, "the killed client's slot was not freed", func() bool {
 		return lim.ClientConnections("127.0.0.1") == 0
 	})
 	select {
