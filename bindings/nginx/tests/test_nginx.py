@@ -78,6 +78,8 @@ http {{
     ratethrottle_zone $http_x_client zone=zdry:1m connections=1 dry_run;
     ratethrottle_zone $http_x_client zone=agg:1m client_messages=5
                       messages=1000 clients=100 max_connections=200;
+    ratethrottle_zone $http_x_client zone=idle:1m concurrent=1
+                      connections=100000;
 
     upstream backend {{
         server 127.0.0.1:{bport};
@@ -108,6 +110,15 @@ http {{
         location /kill {{ ratethrottle zone=kill; proxy_pass http://backend; }}
         location /zdry {{ ratethrottle zone=zdry; proxy_pass http://backend; }}
         location /agg  {{ ratethrottle zone=agg;  proxy_pass http://backend; }}
+        # half-open clients (W7): nginx's own timeouts end a tunnel in which
+        # neither side sends; /idlelong keeps the server's 120 s
+        location /idle {{
+            ratethrottle zone=idle;
+            proxy_read_timeout {idle};
+            proxy_send_timeout {idle};
+            proxy_pass http://backend;
+        }}
+        location /idlelong {{ ratethrottle zone=idle; proxy_pass http://backend; }}
         location /dry {{
             ratethrottle zone=dry;
             ratethrottle_dry_run on;
@@ -137,6 +148,7 @@ http {{
         location = /rt-status/kill {{ ratethrottle_status zone=kill; }}
         location = /rt-status/zdry {{ ratethrottle_status zone=zdry; }}
         location = /rt-status/agg  {{ ratethrottle_status zone=agg; }}
+        location = /rt-status/idle {{ ratethrottle_status zone=idle; }}
     }}
 }}
 """
@@ -159,7 +171,9 @@ class Env:
         self.backend = None
         self.bport = None
         self.opened = []
+        self.raw = []
         self.valgrind = False
+        self.idle = "1s"
         self.skipped = []
 
     # --- processes -------------------------------------------------------
@@ -183,7 +197,8 @@ class Env:
         with open(path, "w") as f:
             f.write(text if text is not None else CONF.format(
                 tmp=self.tmp, module=self.module, port=self.port,
-                bport=self.bport, rl_conns=rl_conns, rl_key=rl_key))
+                bport=self.bport, rl_conns=rl_conns, rl_key=rl_key,
+                idle=self.idle))
         return path
 
     def access_log(self):
@@ -632,6 +647,122 @@ async def t_slot_lifecycle(env):
     await ws.close()
 
 
+KILLED_CLIENT = r"""
+import base64, os, socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall((f"GET {sys.argv[2]} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+           f"X-Client: {sys.argv[3]}\r\n\r\n").encode())
+buf = b""
+while b"\r\n\r\n" not in buf:
+    d = s.recv(4096)
+    if not d:
+        break
+    buf += d
+print(buf.split(b" ")[1].decode() if buf else "EOF", flush=True)
+time.sleep(600)
+"""
+
+
+async def t_half_open(env):
+    """W7: a client that completes the upgrade and then goes silent without
+    closing holds its slot only until nginx's proxy_read_timeout ends the
+    tunnel (the module adds no timer of its own); a client whose socket is
+    reset, or whose process is killed, frees its slot at once."""
+    slow = 90 if env.valgrind else 30  # bounded deadlines, not assertions
+
+    async def admitted(path, client):
+        """Opens a connection that must be admitted, and closes it."""
+        ws, err = await try_ws(env, path, client)
+        check(ws is not None, f"{client} still locked out on {path}: {err}")
+        await ws.close()
+        await wait_for(lambda: env.status("idle")["active_connections"] == 0,
+                       "the admitted probe to free its slot", timeout=slow)
+
+    async def refused(path, client):
+        """True when a second connection of client is refused (429,
+        too_many_connections); False when it was admitted (then closed)."""
+        ws, err = await try_ws(env, path, client)
+        if ws is None:
+            check(err.response.status_code == 429, f"refusal status {err}")
+            reason = err.response.headers.get("X-RT-Reason")
+            check(reason == "too_many_connections", f"reason {reason!r}")
+            return True
+        await ws.close()
+        return False
+
+    # 1. silent: the upgrade completes through nginx, then the raw socket is
+    # kept open and never read or written; the backend sends nothing either.
+    # The refusal proves the slot is held; it is only meaningful before the
+    # timeout ran, so a machine slow enough to lose that race retries.
+    silent = None
+    for _ in range(5):
+        silent = RawWS(env, "/idle/ws", "silent")
+        env.raw.append(silent)
+        check(silent.status == 101, f"silent client upgrade: {silent.status}")
+        if await refused("/idle/ws", "silent"):
+            break
+        silent.close()
+        await wait_for(lambda: env.status("idle")["active_connections"] == 0,
+                       "slots to free before a retry", timeout=slow)
+        silent = None
+    check(silent is not None, "concurrent=1 never refused a second "
+                              "connection while the silent one was open")
+    # released by nginx's proxy_read_timeout: the count drops to 0 and the
+    # same client is admitted again, while the silent socket is still open
+    await wait_for(lambda: env.status("idle")["active_connections"] == 0,
+                   "the silent client's slot to be released", timeout=slow)
+    await admitted("/idle/ws", "silent")
+    check(re.search(r"upstream timed out .* while proxying upgraded "
+                    r"connection.*/idle/ws", env.log()) is not None,
+          "no 'upstream timed out ... upgraded connection' line: the slot "
+          "was not released by proxy_read_timeout")
+    # nginx ended the tunnel: the silent socket sees EOF (or a reset)
+    silent.sock.settimeout(10)
+    try:
+        rest = silent.sock.recv(65536)
+    except ConnectionResetError:
+        rest = b""
+    check(rest == b"", f"silent socket still open, got {rest!r}")
+
+    # 2. reset (SO_LINGER 0): on /idlelong, whose 120 s timeout cannot be
+    # what frees it within the deadline
+    rst = RawWS(env, "/idlelong/ws", "reset")
+    env.raw.append(rst)
+    check(rst.status == 101, f"reset client upgrade: {rst.status}")
+    check(await refused("/idlelong/ws", "reset"),
+          "second connection admitted while the reset client held its slot")
+    rst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                        struct.pack("ii", 1, 0))
+    rst.close()  # RST, no FIN, no Close frame
+    await wait_for(lambda: env.status("idle")["active_connections"] == 0,
+                   "the reset client's slot to be released", timeout=slow)
+    await admitted("/idlelong/ws", "reset")
+
+    # 3. the client process is killed (SIGKILL) while upgraded
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT,
+                             str(env.port), "/idlelong/ws", "killed"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        check(line == "101", f"killed client upgrade: {line!r}")
+        check(await refused("/idlelong/ws", "killed"),
+              "second connection admitted while the client process lived")
+        proc.kill()
+        proc.wait(timeout=10)
+        await wait_for(lambda: env.status("idle")["active_connections"] == 0,
+                       "the killed client's slot to be released",
+                       timeout=slow)
+        await admitted("/idlelong/ws", "killed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+
+
 async def t_message_limits(env):
     """Flood -> 1008, oversize and fragmented oversize -> 1009, while an
     honest client's echo works."""
@@ -989,6 +1120,8 @@ TESTS = [
      t_concurrency_across_workers),
     ("slot lifecycle: probes, upstream refusal, vanished clients",
      t_slot_lifecycle),
+    ("half-open clients: silent (proxy_read_timeout), reset, killed",
+     t_half_open),
     ("message limits: flood 1008, oversize/fragmented 1009, honest echo",
      t_message_limits),
     ("dry run", t_dry_run),
@@ -1019,6 +1152,9 @@ async def run(env, only, skip):
         # whatever a test left open is closed before the next one
         await close_all(env.opened)
         env.opened = []
+        for raw in env.raw:
+            raw.close()
+        env.raw = []
     return results
 
 
@@ -1057,6 +1193,8 @@ def main():
     os.chmod(tmp, 0o755)
     env = Env(os.path.abspath(args.module), tmp)
     env.valgrind = args.valgrind
+    if args.valgrind:
+        env.idle = "2s"  # requests are slower under valgrind
     results = []
     try:
         env.start_backend()
