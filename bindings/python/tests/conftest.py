@@ -52,12 +52,15 @@ async def run_block(code, namespace, name="<doc>"):
 
 
 @contextlib.asynccontextmanager
-async def serve(app):
+async def serve(app, **options):
     """A real uvicorn server for ``app`` on 127.0.0.1 with an ephemeral
-    port, in this event loop; yields the port; always stopped."""
+    port, in this event loop; yields the port; always stopped. ``options``
+    go to ``uvicorn.Config`` (``ws=``, ``ws_ping_interval=``, ...)."""
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", **options
+    )
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve())
     try:
