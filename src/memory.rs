@@ -4,6 +4,9 @@
 //! in TLB misses. Small regions (and every region under Miri) come from the
 //! heap. Either way the memory starts zeroed and is freed once, on drop.
 
+// Under loom a region is made of loom's atomics, not of this memory.
+#![cfg_attr(loom, allow(dead_code))]
+
 use crate::error::Error;
 
 #[cfg(not(any(miri, loom)))]
