@@ -72,24 +72,10 @@ func TestHalfOpenClientFreedByIdleTimeout(t *testing.T) {
 		t.Fatalf("live connections %d after the handshake, want 1", n)
 	}
 	poll.Until(t, "the half-open connection still holds its slot", func() bool { return live(lim)() == 0 })
-	select {
-	case err := <-errs:
-		if !errors.Is(err, rt.ErrIdleTimeout) {
-			t.Fatalf("Read ended with %v, want rt.ErrIdleTimeout", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the handler did not report its error")
+	if err := poll.Next(t, errs, "the handler's error"); !errors.Is(err, rt.ErrIdleTimeout) {
+		t.Fatalf("Read ended with %v, want rt.ErrIdleTimeout", err)
 	}
-	ops, err := raw.Opcodes(10 * time.Second)
-	if err != nil {
-		t.Fatalf("the server did not close the TCP connection: %v", err)
-	}
-	for _, op := range ops {
-		if op != rawws.OpPing {
-			t.Fatalf("the server sent opcode %#x (frames %v), want only pings then EOF", op, ops)
-		}
-	}
-	t.Logf("the silent client got %d ping(s), then EOF", len(ops))
+	raw.OnlyPingsThenEOF(t)
 	waitPingersStopped(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -182,13 +168,8 @@ func TestKilledClientFreed(t *testing.T) {
 	poll.Until(t, "the child's connection is not live", func() bool { return live(lim)() == 1 })
 	kill()
 	poll.Until(t, "the killed client's slot was not freed", func() bool { return live(lim)() == 0 })
-	select {
-	case err := <-errs:
-		if errors.Is(err, rt.ErrIdleTimeout) {
-			t.Fatalf("freed by the idle timeout, want the socket's close: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the handler did not report its error")
+	if err := poll.Next(t, errs, "the handler's error"); errors.Is(err, rt.ErrIdleTimeout) {
+		t.Fatalf("freed by the idle timeout, want the socket's close: %v", err)
 	}
 	waitPingersStopped(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -54,24 +54,10 @@ func TestHalfOpenClientFreedByIdleTimeout(t *testing.T) {
 	poll.Until(t, "the half-open connection still holds its slot", func() bool {
 		return lim.ClientConnections("127.0.0.1") == 0
 	})
-	select {
-	case err := <-errs:
-		if !errors.Is(err, rt.ErrIdleTimeout) {
-			t.Fatalf("ReadMessage ended with %v, want rt.ErrIdleTimeout", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the handler did not report its error")
+	if err := poll.Next(t, errs, "the handler's error"); !errors.Is(err, rt.ErrIdleTimeout) {
+		t.Fatalf("ReadMessage ended with %v, want rt.ErrIdleTimeout", err)
 	}
-	ops, err := raw.Opcodes(10 * time.Second)
-	if err != nil {
-		t.Fatalf("the server did not close the TCP connection: %v", err)
-	}
-	for _, op := range ops {
-		if op != rawws.OpPing {
-			t.Fatalf("the server sent opcode %#x (frames %v), want only pings then EOF", op, ops)
-		}
-	}
-	t.Logf("the silent client got %d ping(s), then EOF", len(ops))
+	raw.OnlyPingsThenEOF(t)
 	waitPingersStopped(t)
 
 	ws := dial(t, url) // admitted again: the slot was freed
@@ -157,13 +143,8 @@ func TestKilledClientFreed(t *testing.T) {
 	poll.Until(t, "the killed client's slot was not freed", func() bool {
 		return lim.ClientConnections("127.0.0.1") == 0
 	})
-	select {
-	case err := <-errs:
-		if errors.Is(err, rt.ErrIdleTimeout) {
-			t.Fatalf("freed by the idle timeout, want the socket's close: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the handler did not report its error")
+	if err := poll.Next(t, errs, "the handler's error"); errors.Is(err, rt.ErrIdleTimeout) {
+		t.Fatalf("freed by the idle timeout, want the socket's close: %v", err)
 	}
 	waitPingersStopped(t)
 	ws := dial(t, url)

@@ -19,3 +19,16 @@ func Until(t testing.TB, what string, cond func() bool) {
 	}
 	t.Fatalf("after 10 s: %s", what)
 }
+
+// Next receives from ch, waiting at most 10 s; it fails the test with what
+// when nothing arrives.
+func Next[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("after 10 s: %s", what)
+		panic("unreachable")
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"testing"
 	"time"
 )
 
@@ -99,6 +100,23 @@ func (c *Conn) Opcodes(timeout time.Duration) ([]byte, error) {
 		}
 		ops = append(ops, h[0]&0x0f)
 	}
+}
+
+// OnlyPingsThenEOF fails t unless the server sends nothing but pings and
+// then closes the TCP connection (no close frame: the socket was ended
+// hard), within 10 s.
+func (c *Conn) OnlyPingsThenEOF(t testing.TB) {
+	t.Helper()
+	ops, err := c.Opcodes(10 * time.Second)
+	if err != nil {
+		t.Fatalf("the server did not close the TCP connection: %v", err)
+	}
+	for _, op := range ops {
+		if op != OpPing {
+			t.Fatalf("the server sent opcode %#x (frames %v), want only pings then EOF", op, ops)
+		}
+	}
+	t.Logf("the silent client got %d ping(s), then EOF", len(ops))
 }
 
 func closedByPeer(err error) bool {
