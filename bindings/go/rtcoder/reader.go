@@ -17,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 
 	rt "github.com/ratethrottle/ratethrottle/bindings/go"
+	"github.com/ratethrottle/ratethrottle/bindings/go/internal/activity"
 )
 
 // Options configures a Reader.
@@ -129,21 +130,8 @@ func (r *Reader) next(ctx context.Context) (websocket.MessageType, []byte, error
 	if err != nil {
 		return 0, nil, err
 	}
-	p, err := io.ReadAll(aliveReader{rd, r.w})
+	p, err := io.ReadAll(activity.Reader{R: rd, Seen: r.w.alive})
 	return mt, p, err
-}
-
-type aliveReader struct {
-	rd io.Reader
-	w  *watchdog
-}
-
-func (a aliveReader) Read(b []byte) (int, error) {
-	n, err := a.rd.Read(b)
-	if n > 0 {
-		a.w.alive()
-	}
-	return n, err
 }
 
 func (r *Reader) reply(ctx context.Context, d rt.Decision) error {

@@ -17,6 +17,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	rt "github.com/ratethrottle/ratethrottle/bindings/go"
+	"github.com/ratethrottle/ratethrottle/bindings/go/internal/activity"
 )
 
 // Options configures a Reader.
@@ -169,7 +170,7 @@ func (r *Reader) next() (int, []byte, error) {
 	mt, rd, err := r.ws.NextReader()
 	var p []byte
 	if err == nil {
-		p, err = io.ReadAll(aliveReader{rd, r})
+		p, err = io.ReadAll(activity.Reader{R: rd, Seen: r.alive})
 	}
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
@@ -207,19 +208,6 @@ func (r *Reader) closeFor(d rt.Decision) error {
 // alive restarts the idle clock (called on the reading goroutine only).
 func (r *Reader) alive() {
 	_ = r.ws.SetReadDeadline(time.Now().Add(r.idle))
-}
-
-type aliveReader struct {
-	rd io.Reader
-	r  *Reader
-}
-
-func (a aliveReader) Read(b []byte) (int, error) {
-	n, err := a.rd.Read(b)
-	if n > 0 {
-		a.r.alive()
-	}
-	return n, err
 }
 
 func (r *Reader) reply(d rt.Decision) error {
