@@ -45,7 +45,7 @@ step "lint: ruff check, ruff format --check, cargo fmt --check"
 "$venv/bin/ruff" format --check ratethrottle tests bench
 cargo fmt --check --manifest-path Cargo.toml
 
-step "pytest (API, bad input, fake-clock exactness, every example of docs/seed-websocket.rst on real servers, limits shared by real processes and a uvicorn --workers 2 server, half-open clients freed by the servers' pings)"
+step "pytest (API, bad input, fake-clock exactness, every example of docs/seed-websocket.rst on real servers, limits shared by real processes and a uvicorn --workers 2 server, half-open clients freed by the servers' pings: uvicorn, engine.io, daphne)"
 # Run from tests/ so the installed package, not the source folder, is imported.
 cd tests
 set +e

@@ -2,11 +2,13 @@
 connections").
 
 The servers own liveness: uvicorn's WebSocket pings (ws_ping_interval /
-ws_ping_timeout) and engine.io's (ping_interval / ping_timeout). The package
-adds no timer. These tests run real servers on 127.0.0.1 with small ping
-settings. Each one uses a client that completes the WebSocket handshake by
-hand and then goes silent without closing, or a client process that is
-killed, or a socket that is reset. Each test waits, with a generous bounded
+ws_ping_timeout), engine.io's (ping_interval / ping_timeout) and daphne's
+(--ping-interval / --ping-timeout). The package adds no timer. These tests
+run real servers on 127.0.0.1 with small ping settings (daphne as a real
+process, whose counts the test reads through a SharedMemoryStorage). Each
+one uses a client that completes the WebSocket handshake by hand and then
+goes silent without closing, or a client process that is killed, or a
+socket that is reset. Each test waits, with a generous bounded
 deadline, until the engine's count for that client returns to 0 by itself.
 It then checks that a new connection of the same client is admitted with
 max_concurrent_connections=1.
@@ -21,6 +23,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 
 import pytest
@@ -28,7 +31,13 @@ from conftest import doc_block, run_block, serve
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ratethrottle import FastAPIWebSocketLimiter, SocketIOLimiter, WebSocketLimits
+from ratethrottle import (
+    FastAPIWebSocketLimiter,
+    SharedMemoryStorage,
+    SocketIOLimiter,
+    WebSocketLimits,
+    WebSocketRateLimiter,
+)
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 PINGS = {"ws_ping_interval": 0.2, "ws_ping_timeout": 0.2}
@@ -370,3 +379,194 @@ async def test_socketio_reset_socket_frees_its_slot():
             reset(writer)
             assert await eventually(lambda: lim.get_client_connections("127.0.0.1") == 0)
             assert await socketio_admitted(port)
+
+
+# ---------------------------------------------------------------- daphne (Channels)
+#
+# A real daphne process serves the seed document's Channels consumer as
+# written (check_connection + accept + register_connection in connect,
+# unregister_connection in disconnect). Its limiter is replaced by one with
+# one slot per client on a SharedMemoryStorage, which this test process
+# attaches too, so it reads the server process's counts. daphne's pings
+# (--ping-interval / --ping-timeout, whole seconds) are checked every 2 s by
+# its timeout checker: a ping goes out once the socket has been idle for the
+# interval, and autobahn drops the TCP connection (abort) when no pong
+# arrives within the timeout. The client id is the peer address, 127.0.0.1.
+# A refused consumer's disconnect raises AttributeError (no room_name: the
+# document's bug, README "Notes on the document's examples"); daphne logs it
+# and serves on. Refused consumers hold no slot.
+
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"
+CHANNELS_LIMITS = WebSocketLimits(
+    max_concurrent_connections=1, connections_per_minute=0, max_clients=1024, max_connections=1024
+)
+CHANNELS_PATH = "/ws/chat/lobby/"
+DAPHNE_APP_HEAD = """
+import os
+
+import django
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=["channels"],
+    CHANNEL_LAYERS={"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}},
+)
+django.setup()
+
+# ---- the seed document's block, as written:
+"""
+DAPHNE_APP_TAIL = """
+# ---- the test's part: one slot per client, in the file the test attaches.
+from channels.routing import URLRouter
+from django.urls import path
+from ratethrottle import SharedMemoryStorage
+
+limiter = ChannelsRateLimiter(  # read by the consumer at call time
+    WebSocketLimits(
+        max_concurrent_connections=1,
+        connections_per_minute=0,
+        max_clients=1024,
+        max_connections=1024,
+    ),
+    storage=SharedMemoryStorage(os.environ["RT_TEST_SHM"]),
+)
+application = URLRouter([path("ws/chat/<str:room_name>/", ChatConsumer.as_asgi())])
+"""
+
+
+@pytest.fixture
+def channels_shm(request):
+    """A limiter of this test process on a shared file unique to this pid
+    and test (created here, attached by daphne); both files removed after."""
+    storage = SharedMemoryStorage(f"{SHM}/ratethrottle-py-daphne-{os.getpid()}-{request.node.name}")
+    storage.unlink()
+    try:
+        lim = WebSocketRateLimiter(CHANNELS_LIMITS, storage=storage)
+        assert lim.opened == "created"
+        yield storage.path, lim
+    finally:
+        storage.unlink()
+
+
+def stop_process_group(proc):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def daphne(tmp_path, shm_path, ping_interval, ping_timeout):
+    """`daphne -b 127.0.0.1 -p 0` (an ephemeral port, read back from its
+    log) serving the seed's consumer; yields the port; always stopped."""
+    app = DAPHNE_APP_HEAD + doc_block("3. Django Channels") + DAPHNE_APP_TAIL
+    (tmp_path / "rt_daphne_app.py").write_text(app, encoding="utf-8")
+    log = tmp_path / "daphne.log"
+    cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "0"]
+    cmd += ["--ping-interval", str(ping_interval), "--ping-timeout", str(ping_timeout)]
+    cmd += ["rt_daphne_app:application"]
+    with open(log, "wb") as out:  # `python -m` puts the cwd on sys.path
+        proc = subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env=dict(os.environ, RT_TEST_SHM=shm_path),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    try:
+        port = None
+        for _ in range(3000):  # bounded: 60 s (Django and Twisted imports)
+            found = re.search(rb"Listening on TCP address 127\.0\.0\.1:(\d+)", log.read_bytes())
+            if found:
+                port = int(found.group(1))
+                break
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert port, "daphne did not start:\n" + log.read_text(errors="replace")
+        yield port
+    finally:
+        stop_process_group(proc)
+        print(log.read_text(errors="replace"))  # shown by pytest on failure only
+
+
+async def channels_admitted_and_served(port, idle=0.0):
+    """A real client (the websockets library, which answers pings by
+    itself) is admitted, stays idle for ``idle`` seconds, then is served
+    by the consumer (its message comes back through the room)."""
+    async with ws_connect(f"ws://127.0.0.1:{port}{CHANNELS_PATH}", open_timeout=30) as ws:
+        await asyncio.sleep(idle)
+        await ws.send('{"message": "after"}')
+        return await asyncio.wait_for(ws.recv(), 30) == '{"type": "message", "message": "after"}'
+
+
+async def test_daphne_silent_client_is_dropped_by_daphne_pings(tmp_path, channels_shm):
+    shm_path, lim = channels_shm
+    async with daphne(tmp_path, shm_path, ping_interval=1, ping_timeout=1) as port:
+        async with silent_client(port, CHANNELS_PATH):
+            assert await eventually(lambda: lim.get_client_connections("127.0.0.1") == 1)
+            assert await refused(port, CHANNELS_PATH)  # one slot, and it is taken
+            # Back to 0 by itself: daphne's ping went unanswered, autobahn
+            # dropped the connection, the consumer's disconnect released it.
+            assert await eventually(lambda: lim.get_client_connections("127.0.0.1") == 0, 30)
+            # A new real client of 127.0.0.1 is admitted. It stays idle for
+            # several ping rounds (checker every 2 s, interval 1 s, timeout
+            # 1 s): it answers the pings, so it keeps its slot and is served.
+            assert await channels_admitted_and_served(port, idle=6.0)
+        assert await eventually(lambda: lim.get_client_connections("127.0.0.1") == 0)
+    stats = lim.get_statistics()
+    assert stats["active_connections"] == 0 and stats["connections_allowed"] == 2
+    assert stats["denied"]["too_many_connections"] == 1
+
+
+async def test_daphne_without_pings_silent_client_keeps_its_slot_until_reset_or_killed(
+    tmp_path, channels_shm
+):
+    """The control: with daphne's pings an hour apart, a silent client keeps
+    its slot long past what the pinged test needs, and a second connection
+    is refused. Then the silent socket is reset (RST), and later a client
+    process is killed: each frees the slot at once, keepalive or not."""
+    shm_path, lim = channels_shm
+
+    def live():
+        return lim.get_client_connections("127.0.0.1")
+
+    async with daphne(tmp_path, shm_path, ping_interval=3600, ping_timeout=3600) as port:
+        async with silent_client(port, CHANNELS_PATH) as (_reader, writer):
+            assert await eventually(lambda: live() == 1)
+            await asyncio.sleep(8.0)  # twice a pinged drop: 2 s tick + 1 s + 1 s
+            assert live() == 1
+            assert await refused(port, CHANNELS_PATH)
+            reset(writer)
+            assert await eventually(lambda: live() == 0)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            KILLED_CLIENT,
+            str(port),
+            CHANNELS_PATH,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            status = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert status.startswith(b"HTTP/1.1 101"), status
+            assert await eventually(lambda: live() == 1)
+            assert await refused(port, CHANNELS_PATH)
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), 30)
+            assert await eventually(lambda: live() == 0)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert await channels_admitted_and_served(port)
+        assert await eventually(lambda: live() == 0)
+    stats = lim.get_statistics()  # the server process's counts, read from the file
+    assert stats["active_connections"] == 0 and stats["connections_allowed"] == 3
+    assert stats["denied"]["too_many_connections"] == 2
