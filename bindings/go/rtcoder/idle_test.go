@@ -3,7 +3,6 @@ package rtcoder_test
 import (
 	"context"
 	"errors"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -181,24 +180,7 @@ func TestKilledClientFreed(t *testing.T) {
 // returns a stop function and the URL.
 func slowServer(t *testing.T, lim *rt.Limiter, o rtcoder.Options, delay time.Duration) (func(), string) {
 	t.Helper()
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.CloseNow()
-		rd := rtcoder.NewReader(c, rt.ConnFromContext(r.Context()), o)
-		for {
-			mt, p, err := rd.Read(r.Context())
-			if err != nil {
-				return
-			}
-			time.Sleep(delay)
-			if err := c.Write(r.Context(), mt, p); err != nil {
-				return
-			}
-		}
-	})
+	h := echoHandler(o, nil, delay)
 	srv := httptest.NewServer(rt.Middleware(lim, rt.MiddlewareOptions{})(h))
 	return srv.Close, "ws" + strings.TrimPrefix(srv.URL, "http")
 }

@@ -38,7 +38,20 @@ func echoServerErrs(t *testing.T, l rt.Limits, o rtcoder.Options) (*rt.Limiter, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := echoHandler(o, errs, 0)
+	srv := httptest.NewServer(rt.Middleware(lim, rt.MiddlewareOptions{})(h))
+	t.Cleanup(func() {
+		srv.Close()
+		lim.Close()
+	})
+	return lim, "ws" + strings.TrimPrefix(srv.URL, "http"), errs
+}
+
+// echoHandler reads each socket with a Reader and echoes every allowed
+// message, after spending delay outside Read. It sends the error that ended
+// a socket's Read loop to errs when there is room (nil errs: none sent).
+func echoHandler(o rtcoder.Options, errs chan<- error, delay time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil)
 		if err != nil {
 			return
@@ -54,17 +67,12 @@ func echoServerErrs(t *testing.T, l rt.Limits, o rtcoder.Options) (*rt.Limiter, 
 				}
 				return
 			}
+			time.Sleep(delay)
 			if err := c.Write(r.Context(), mt, p); err != nil {
 				return
 			}
 		}
 	})
-	srv := httptest.NewServer(rt.Middleware(lim, rt.MiddlewareOptions{})(h))
-	t.Cleanup(func() {
-		srv.Close()
-		lim.Close()
-	})
-	return lim, "ws" + strings.TrimPrefix(srv.URL, "http"), errs
 }
 
 func dial(t *testing.T, ctx context.Context, url string) *websocket.Conn {
