@@ -1234,7 +1234,7 @@ mod tests {
         assert!(d.allowed, "{d:?}");
         assert_eq!(lim.client_connections(b"newcomer"), 1);
         let h = table::hash(r, b"newcomer");
-        let shard = (h as u32) & (layout.shards - 1);
+        let shard = table::shard_of(r, h);
         assert_eq!(r.shard_lock(shard).load(Ordering::Relaxed), 0, "the broken lock was released");
         let first = r.client(shard * layout.shard_len);
         assert_eq!(first.key.load(Ordering::Relaxed), 0, "the dead holder's pending slot was emptied");

@@ -68,7 +68,7 @@ pub(crate) fn hash(region: &Region, id: &[u8]) -> u128 {
 }
 
 #[inline]
-fn shard_of(region: &Region, h: u128) -> u32 {
+pub(crate) fn shard_of(region: &Region, h: u128) -> u32 {
     (h as u32) & (region.layout.shards - 1)
 }
 
