@@ -262,14 +262,12 @@ class WebSocketRateLimiter:
         self.on_violation = on_violation
         self._engine_limits = limits._engine_limits()
         self._shared = storage if isinstance(storage, SharedMemoryStorage) else None
-        if self._shared is None:
-            self._engine = _new_engine(self._engine_limits)
-        else:
-            self._engine = _new_engine(self._engine_limits, self._shared.path)
-            if self._engine.opened == "attached":
-                # The file's limits apply; show them, and derive the key
-                # region's limits from them, as every attached process does.
-                limits, self._engine_limits = _file_limits(self._engine, self._shared.path)
+        path = None if self._shared is None else self._shared.path
+        self._engine = _new_engine(self._engine_limits, path)
+        if self._engine.opened == "attached":
+            # The file's limits apply; show them, and derive the key
+            # region's limits from them, as every attached process does.
+            limits, self._engine_limits = _file_limits(self._engine, path)
         self.limits = limits
         #: None (in memory), "created" or "attached" (SharedMemoryStorage).
         self.opened: Optional[str] = self._engine.opened
