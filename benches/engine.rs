@@ -7,8 +7,8 @@
 //! | group | measures | baseline / peer |
 //! |---|---|---|
 //! | `message` | `check_message_at`, `check_message` on a live connection | F0: a size compare and two atomic adds; F1: a 128-bit load + CAS |
-//! | `keys_100k` | `check_key_at` cycling over 100k keys | governor keyed `check_key` (same keys), governor direct `check` |
-//! | `connect` | `connect_at` + `disconnect` for a known client | governor keyed `check_key` on one key |
+//! | `keys_100k` | `check_key_at` cycling over 100k keys | governor keyed `check_key` (same keys), governor direct `check`; floors K0 (`support/floors.rs`): a key check's memory traffic alone, in the engine's table layout and in a dense one |
+//! | `connect` | `connect_at` + `disconnect` for a known client | governor keyed `check_key` on one key; floor C0: the synchronisation alone |
 //! | `threads_distinct` | 1 vs 2 threads, each on its own client | governor keyed, 1 vs 2 threads on own keys |
 //! | `threads_one_key` | 1 vs 2 threads on one key (information) | governor keyed on one key |
 //! | `clients_1m` | `check_key_at` on 1M clients drawn at random | governor keyed on the same ids |
@@ -35,6 +35,10 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
+
+#[path = "support/floors.rs"]
+mod floors;
+use floors::{ConnFloor, KeyFloor, Layout};
 
 /// Size of every message and key charge in bytes (a small chat message).
 const SIZE: u64 = 64;
@@ -444,6 +448,21 @@ fn bench_keys_100k(c: &mut Criterion) {
     g.bench("governor_direct_check", 1, |b, tally| {
         b.iter_custom(|iters| run(iters, tally, |_| direct.check().is_ok()))
     });
+    // Floors (information): a key check's memory traffic alone, on the same
+    // keys in the same order, in the engine's table layout (its 2 * 131072
+    // slots of 128 bytes) and in the most compact layout of the same words.
+    for (name, layout) in [("K0_table_layout", Layout::Slots128), ("K0_dense_index", Layout::DenseIndex)] {
+        let floor = KeyFloor::new(layout, 2 * 131_072, &ids);
+        let mut next = 0usize;
+        g.bench(name, 1, |b, tally| {
+            b.iter_custom(|iters| {
+                run(iters, tally, |_| {
+                    next = if next + 1 == KEYS { 0 } else { next + 1 };
+                    floor.check(black_box(&ids[next]))
+                })
+            })
+        });
+    }
     g.finish();
 }
 
@@ -483,6 +502,11 @@ fn bench_connect(c: &mut Criterion) {
     });
     g.bench("governor_keyed_check_key_one_key", 1, |b, tally| {
         b.iter_custom(|iters| run(iters, tally, |_| gov.check_key(black_box(&client)).is_ok()))
+    });
+    // Floor (information): the synchronisation alone (see `ConnFloor`).
+    let floor = ConnFloor::new();
+    g.bench("C0", 1, |b, tally| {
+        b.iter_custom(|iters| run(iters, tally, |_| floor.connect_disconnect(black_box(&client))))
     });
     g.finish();
 }

@@ -117,7 +117,8 @@ impl Probe {
     /// The i-th slot to visit, for i in `0..self.count()`.
     #[inline(always)]
     fn slot(&self, i: u32) -> u32 {
-        let (d, which) = (i / self.n_homes, i % self.n_homes);
+        // n_homes is 1 or 2: a shift and a mask, not a divide.
+        let (d, which) = (i >> (self.n_homes - 1), i & (self.n_homes - 1));
         let at = self.homes[which as usize] + d;
         self.base + if at >= self.len { at - self.len } else { at }
     }
