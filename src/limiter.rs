@@ -361,14 +361,53 @@ impl Limiter {
     /// when allowed (also in dry-run mode, and untracked in fail-open mode
     /// when the table is full).
     pub fn connect_at(&self, client: &[u8], now_ms: u64) -> (Decision, Option<Conn>) {
-        self.connect_inner(client, now_ms, true)
+        let h = table::hash(&self.region, client);
+        match self.connect_fast(h, now_ms) {
+            Some(allowed) => allowed,
+            None => self.connect_inner(client, h, now_ms, true),
+        }
     }
 
-    fn connect_inner(&self, client: &[u8], now_ms: u64, enforce: bool) -> (Decision, Option<Conn>) {
+    /// The common case of a connect (see [`Limiter::traffic_fast`]): a
+    /// client already in the table, no dry run, within its limits, a free
+    /// connection slot, uncontended. Otherwise `None`, having changed
+    /// nothing, and the general path decides.
+    #[inline(always)]
+    fn connect_fast(&self, h: u128, now_ms: u64) -> Option<(Decision, Option<Conn>)> {
+        let r = &self.region;
+        let l = r.header().connect_limits()?;
+        if l.dry_run {
+            return None;
+        }
+        let found = table::find(r, h)?;
+        let slot = &r.client(found.index).conns;
+        let w = slot.load(Ordering::Acquire);
+        let c = Conns::unpack(w);
+        if c.epoch != found.epoch {
+            return None;
+        }
+        let pos = Position::with(now_ms, &l.window, l.window_offset);
+        let rolled = window::roll(c.id, c.prev, c.cur, pos);
+        let d = judge_connect(&c, &rolled, &l.window, l.connections_per_window, l.max_concurrent);
+        if !d.allowed || d.reason != Reason::Ok {
+            return None;
+        }
+        let index = conn::alloc(r)?;
+        // AcqRel: as in `admit`.
+        if slot.compare_exchange(w, counted_connect(&c, &rolled), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            conn::release(r, index);
+            return None;
+        }
+        let handle = conn::open(r, index, found.index, found.epoch, pos.id, now_ms, process::token());
+        r.count(|s| &s.connections_allowed, 1);
+        Some((d, Conn::from_raw(handle)))
+    }
+
+    #[inline(never)]
+    fn connect_inner(&self, client: &[u8], h: u128, now_ms: u64, enforce: bool) -> (Decision, Option<Conn>) {
         let r = &self.region;
         let snap = r.header().snapshot();
         let pos = Position::with(now_ms, &snap.window, snap.window_offset);
-        let h = table::hash(r, client);
         for _ in 0..MAX_RELOOKUPS {
             let Ok(found) = table::find_or_insert(r, h, client, pos) else {
                 return self.table_full(&snap, client, now_ms);
@@ -404,39 +443,7 @@ impl Limiter {
                 return Admit::Stale;
             }
             let r = window::roll(c.id, c.prev, c.cur, pos);
-            let rate = Check {
-                reason: Reason::ConnectionRate,
-                limit: snap.connections_per_window,
-                prev: r.prev,
-                cur: r.cur,
-                cost: 1,
-                window: snap.window,
-                elapsed_ms: r.elapsed_ms,
-            };
-            let conc_fail = snap.max_concurrent != 0 && c.active + 1 > snap.max_concurrent;
-            let mut d = if conc_fail {
-                Decision {
-                    allowed: false,
-                    reason: Reason::ConcurrentConnections,
-                    retry_after_ms: 0,
-                    limit: snap.max_concurrent,
-                    remaining: 0,
-                    current: c.active,
-                }
-            } else if !rate.passes() {
-                denial(&rate, rate.retry())
-            } else if snap.max_concurrent != 0 {
-                Decision {
-                    allowed: true,
-                    reason: Reason::Ok,
-                    retry_after_ms: 0,
-                    limit: snap.max_concurrent,
-                    remaining: snap.max_concurrent - (c.active + 1),
-                    current: c.active + 1,
-                }
-            } else {
-                allowance(&[rate])
-            };
+            let mut d = judge_connect(&c, &r, &snap.window, snap.connections_per_window, snap.max_concurrent);
             if !d.allowed && enforce {
                 if !snap.dry_run() {
                     return Admit::Denied(d);
@@ -445,16 +452,9 @@ impl Limiter {
             } else if !d.allowed {
                 d = Decision::allow();
             }
-            let new = Conns {
-                epoch: c.epoch,
-                id: r.id,
-                prev: r.prev,
-                cur: saturate(r.cur, 1, CONN_MAX).0,
-                active: (c.active + 1).min(CONN_MAX),
-            };
             // AcqRel: one CAS decides and counts, so racing connects are
             // serialised on this word (C1).
-            match slot.compare_exchange(w, new.pack(), Ordering::AcqRel, Ordering::Acquire) {
+            match slot.compare_exchange(w, counted_connect(&c, &r), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Admit::Allowed(d),
                 Err(cur) => w = cur,
             }
@@ -561,7 +561,7 @@ impl Limiter {
 
     /// [`Limiter::register_connection`] with the caller's clock.
     pub fn register_connection_at(&self, client: &[u8], now_ms: u64) -> Result<Conn, Error> {
-        match self.connect_inner(client, now_ms, false) {
+        match self.connect_inner(client, table::hash(&self.region, client), now_ms, false) {
             (_, Some(c)) => Ok(c),
             (_, None) => Err(Error::TableFull),
         }
@@ -988,6 +988,58 @@ impl Limiter {
         }
         n
     }
+}
+
+/// The decision on one more connection of a client whose conns word is
+/// `c`, rolled to the current window as `r`: concurrency, then rate (before
+/// dry run).
+#[inline(always)]
+fn judge_connect(c: &Conns, r: &Rolled, window: &Divisor, per_window: u64, max_concurrent: u64) -> Decision {
+    let rate = Check {
+        reason: Reason::ConnectionRate,
+        limit: per_window,
+        prev: r.prev,
+        cur: r.cur,
+        cost: 1,
+        window: *window,
+        elapsed_ms: r.elapsed_ms,
+    };
+    if max_concurrent != 0 && c.active + 1 > max_concurrent {
+        Decision {
+            allowed: false,
+            reason: Reason::ConcurrentConnections,
+            retry_after_ms: 0,
+            limit: max_concurrent,
+            remaining: 0,
+            current: c.active,
+        }
+    } else if !rate.passes() {
+        denial(&rate, rate.retry())
+    } else if max_concurrent != 0 {
+        Decision {
+            allowed: true,
+            reason: Reason::Ok,
+            retry_after_ms: 0,
+            limit: max_concurrent,
+            remaining: max_concurrent - (c.active + 1),
+            current: c.active + 1,
+        }
+    } else {
+        allowance(&[rate])
+    }
+}
+
+/// The conns word `c` (rolled as `r`) with one more connection counted.
+#[inline(always)]
+fn counted_connect(c: &Conns, r: &Rolled) -> u128 {
+    Conns {
+        epoch: c.epoch,
+        id: r.id,
+        prev: r.prev,
+        cur: saturate(r.cur, 1, CONN_MAX).0,
+        active: (c.active + 1).min(CONN_MAX),
+    }
+    .pack()
 }
 
 enum Admit {

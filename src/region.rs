@@ -144,6 +144,18 @@ impl LimitSet {
         }
     }
 
+    /// The fields a connect reads.
+    #[inline(always)]
+    fn connect_limits(&self) -> ConnectLimits {
+        ConnectLimits {
+            window: self.window(),
+            window_offset: self.window_offset.load(Ordering::Relaxed),
+            connections_per_window: self.connections_per_window.load(Ordering::Relaxed),
+            max_concurrent: self.max_concurrent.load(Ordering::Relaxed),
+            dry_run: self.flags.load(Ordering::Relaxed) & FLAG_DRY_RUN != 0,
+        }
+    }
+
     /// The fields a message or key check reads.
     #[inline(always)]
     fn message_limits(&self) -> MessageLimits {
@@ -354,6 +366,16 @@ pub(crate) struct MessageLimits {
     pub dry_run: bool,
 }
 
+/// The part of a [`Snapshot`] that a connect reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectLimits {
+    pub window: crate::window::Divisor,
+    pub window_offset: u64,
+    pub connections_per_window: u64,
+    pub max_concurrent: u64,
+    pub dry_run: bool,
+}
+
 impl MessageLimits {
     pub(crate) fn client_limited(&self) -> bool {
         self.client_messages != 0 || self.client_bytes != 0
@@ -398,6 +420,14 @@ impl Header {
     pub(crate) fn message_limits(&self) -> Option<MessageLimits> {
         // Acquire: as in `snapshot`.
         self.read_set(self.limits_active.load(Ordering::Acquire), LimitSet::message_limits)
+    }
+
+    /// The limits of the connect fast path, read as `message_limits` reads
+    /// its own.
+    #[inline(always)]
+    pub(crate) fn connect_limits(&self) -> Option<ConnectLimits> {
+        // Acquire: as in `snapshot`.
+        self.read_set(self.limits_active.load(Ordering::Acquire), LimitSet::connect_limits)
     }
 
     /// Reads set `a & 1` with `read`; `None` when the flip word is no longer

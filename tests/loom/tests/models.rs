@@ -32,6 +32,28 @@ fn loom_connects_race_for_the_last_concurrent_slot() {
     });
 }
 
+/// C1 on the connect fast path: the client is already in the table, so both
+/// connects take `Limiter::connect_fast` (one CAS on its conns word, no
+/// retry) and the loser falls back to the general path.
+#[test]
+fn loom_connects_of_a_known_client_race_for_the_last_concurrent_slot() {
+    loom::model(|| {
+        let lim = tiny(Limits { max_concurrent_connections: 1, ..Limits::default() });
+        let (_, first) = lim.connect_at(b"c", 0);
+        assert!(lim.disconnect(first.unwrap()));
+        let ts: Vec<_> = (0..2)
+            .map(|_| {
+                let lim = lim.clone();
+                thread::spawn(move || lim.connect_at(b"c", 0).0)
+            })
+            .collect();
+        let ds: Vec<_> = ts.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(ds.iter().filter(|d| d.allowed).count(), 1, "both connects took the last slot");
+        assert!(ds.iter().any(|d| d.reason == Reason::ConcurrentConnections));
+        assert_eq!(lim.client_connections(b"c"), 1);
+    });
+}
+
 /// C1 for the rate window: two connects race for the last connection of the window.
 #[test]
 fn loom_connects_race_for_the_last_rate_slot() {
