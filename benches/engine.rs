@@ -246,15 +246,19 @@ fn region(max_clients: u32, max_connections: u32) -> usize {
     Limiter::region_size(&Limits { max_clients, max_connections, ..Limits::default() }).expect("valid limits")
 }
 
-/// Bytes per slot, from the public `region_size`: the growth of the region
-/// between 2^19 and 2^20 slots (256 shards either way, so only slots differ).
+/// Bytes per client and per connection, from the public `region_size`: the
+/// growth of the region between 2^19 and 2^20 of each (256 shards either
+/// way, so only slots differ).
 fn print_memory() {
     let half = 1u32 << 19;
     let client_slot = (region(2 * half, 1) - region(half, 1)) / half as usize;
     let conn_slot = (region(1, 2 * half) - region(1, half)) / half as usize;
     let m = 1u32 << 20;
     let both = region(m, m);
-    println!("memory: client slot = {client_slot} bytes (target <= 128)");
+    // Per client, not per slot: the table keeps two 128-byte slots (the
+    // size src/region.rs asserts at compile time, target <= 128) and two
+    // tag bytes per client of max_clients.
+    println!("memory: per client of max_clients (two slots and their tag bytes) = {client_slot} bytes");
     println!("memory: connection slot = {conn_slot} bytes (target <= 64)");
     println!("memory: region_size(max_clients = 2^20, max_connections = 2^20) = {both} bytes ({:.2} MiB)", mb(both));
     println!("memory: region_size(max_clients = 2^20, max_connections = 1) = {} bytes", region(m, 1));
