@@ -111,6 +111,7 @@ pub(crate) fn format_free_lists(region: &Region) {
     }
 }
 
+#[inline(always)]
 fn pop(region: &Region, lane: usize) -> Option<u32> {
     let head = region.lane(lane);
     let mut h = head.load(Ordering::Acquire);
@@ -130,6 +131,7 @@ fn pop(region: &Region, lane: usize) -> Option<u32> {
     }
 }
 
+#[inline(always)]
 fn push(region: &Region, index: u32) {
     let lane = index as usize % LANES;
     let head = region.lane(lane);
@@ -149,6 +151,7 @@ fn push(region: &Region, index: u32) {
 }
 
 /// Takes a free slot, starting at the calling thread's lane.
+#[inline(always)]
 pub(crate) fn alloc(region: &Region) -> Option<u32> {
     let hint = thread_hint();
     (0..LANES).find_map(|i| pop(region, (hint + i) % LANES))
@@ -160,6 +163,7 @@ pub(crate) fn release(region: &Region, index: u32) {
 }
 
 /// Publishes a connection in slot `index` and returns its handle.
+#[inline(always)]
 pub(crate) fn open(
     region: &Region,
     index: u32,
@@ -197,6 +201,7 @@ pub(crate) struct Closed {
 
 /// Closes a connection exactly once; `None` when the handle is stale.
 /// The caller must then release the client and call [`recycle`].
+#[inline(always)]
 pub(crate) fn close(region: &Region, handle: u64) -> Option<(u32, Closed)> {
     let (index, generation) = decode(region, handle)?;
     let slot = region.conn(index);
@@ -233,6 +238,7 @@ pub(crate) fn close(region: &Region, handle: u64) -> Option<(u32, Closed)> {
 }
 
 /// Puts a closed slot back on its free list.
+#[inline(always)]
 pub(crate) fn recycle(region: &Region, index: u32) {
     push(region, index)
 }

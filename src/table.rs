@@ -78,6 +78,13 @@ fn tag_of(h: u128) -> u8 {
     (h >> 112) as u8 | 0x80
 }
 
+/// The first home of a hash in a shard of `len` slots: a hash field scaled to
+/// 0..len by a multiply (see `Probe::new`).
+#[inline(always)]
+fn home1(h: u128, len: u32) -> u32 {
+    (((h >> 48) as u64 as u128 * len as u128) >> 64) as u32
+}
+
 /// The slots a client may occupy: two windows of `probe` slots from its
 /// two homes, visited nearest-first, alternating between the homes.
 #[derive(Clone, Copy)]
@@ -99,7 +106,7 @@ impl Probe {
         // depends on a field's top bits: bits 48..111 and 16..47 are apart
         // from the shard's (the lowest), the tag's (112..119) and bit 127
         // (always 0).
-        let home1 = (((h >> 48) as u64 as u128 * len as u128) >> 64) as u32;
+        let home1 = home1(h, len);
         let mut home2 = (((h >> 16) as u32 as u64 * len as u64) >> 32) as u32;
         if home2 == home1 && len > l.probe() {
             // Two different windows (when the shard has room for them).
@@ -155,27 +162,40 @@ pub(crate) fn candidates(region: &Region, h: u128) -> Vec<u32> {
 /// Finds a client without inserting it. Lock-free. May miss a client whose
 /// insert is racing this call (its tag not yet visible); the caller's insert
 /// path then looks again under the shard lock, without tags.
-#[inline]
+#[inline(always)]
 pub(crate) fn find(region: &Region, h: u128) -> Option<Found> {
+    // The first slot of the probe order is the first home: where most ids
+    // sit while their shard has room. Try it before building the probe.
+    let l = region.layout;
+    let first = shard_of(region, h) * l.shard_len + home1(h, l.shard_len);
+    if let Some(f) = found_at(region, first, h, tag_of(h)) {
+        return Some(f);
+    }
+    find_probing(region, h)
+}
+
+/// `find` past the first slot: every slot of the probe order.
+#[inline(never)]
+fn find_probing(region: &Region, h: u128) -> Option<Found> {
     let tag = tag_of(h);
     let p = Probe::new(region, h);
-    for k in 0..p.count() {
-        let i = p.slot(k);
-        if region.tag(i).load(Ordering::Relaxed) != tag {
-            continue;
-        }
-        let slot = region.client(i);
-        if slot.key.load(Ordering::Acquire) == h {
-            // Acquire: a reclaim's epoch bump is ordered after its pending
-            // mark, so seeing a new epoch here means the re-read below sees
-            // the key change.
-            let epoch = Conns::unpack(slot.conns.load(Ordering::Acquire)).epoch;
-            if slot.key.load(Ordering::Acquire) == h {
-                return Some(Found { index: i, epoch });
-            }
-        }
+    (1..p.count()).find_map(|k| found_at(region, p.slot(k), h, tag))
+}
+
+/// The client of hash `h` if slot `i` holds it.
+#[inline(always)]
+fn found_at(region: &Region, i: u32, h: u128, tag: u8) -> Option<Found> {
+    if region.tag(i).load(Ordering::Relaxed) != tag {
+        return None;
     }
-    None
+    let slot = region.client(i);
+    if slot.key.load(Ordering::Acquire) != h {
+        return None;
+    }
+    // Acquire: a reclaim's epoch bump is ordered after its pending mark, so
+    // seeing a new epoch here means the re-read below sees the key change.
+    let epoch = Conns::unpack(slot.conns.load(Ordering::Acquire)).epoch;
+    (slot.key.load(Ordering::Acquire) == h).then_some(Found { index: i, epoch })
 }
 
 /// Whether a slot holds no information at `pos`: no live connection, and no
