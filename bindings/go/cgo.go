@@ -43,7 +43,7 @@ package ratethrottle
 #cgo nocallback rtg_check_message
 #cgo noescape rtg_check_message_at
 #cgo nocallback rtg_check_message_at
-#cgo nocallback rt_disconnect
+#cgo nocallback rtg_disconnect
 #cgo noescape rt_client_connections
 #cgo nocallback rt_client_connections
 #cgo nocallback rtg_empty
@@ -66,6 +66,11 @@ static inline rt_conn rtg_connect_at(uintptr_t lim, const uint8_t *id, size_t le
 	rt_conn conn = 0;
 	*out = rt_connect_at((rt_limiter *)lim, id, len, now_ms, &conn);
 	return conn;
+}
+
+// rt_disconnect with the handle as an integer (see lp); no decision.
+static inline void rtg_disconnect(uintptr_t lim, rt_conn conn) {
+	rt_disconnect((rt_limiter *)lim, conn);
 }
 
 static inline void rtg_check_message(uintptr_t lim, rt_conn conn, uint64_t size, rt_decision *restrict out) {
@@ -316,7 +321,7 @@ func cConnectAt(p *C.rt_limiter, id cID, nowMs uint64, out *cDecision) uint64 {
 	return uint64(C.rtg_connect_at(lp(p), id.p, id.n, C.uint64_t(nowMs), out))
 }
 
-func cDisconnect(p *C.rt_limiter, h uint64) { C.rt_disconnect(p, C.rt_conn(h)) }
+func cDisconnect(p *C.rt_limiter, h uint64) { C.rtg_disconnect(lp(p), C.rt_conn(h)) }
 
 func cCheckMessage(p *C.rt_limiter, h uint64, size uint64, out *cDecision) {
 	C.rtg_check_message(lp(p), C.rt_conn(h), C.uint64_t(size), out)
