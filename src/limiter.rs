@@ -379,13 +379,11 @@ impl Limiter {
         if l.dry_run {
             return None;
         }
-        let found = table::find(r, h)?;
+        // The conns word as the lookup read it, between two reads of the
+        // key: this client's. If it changed since, the CAS below fails.
+        let (found, w) = table::find_with_conns(r, h)?;
         let slot = &r.client(found.index).conns;
-        let w = slot.load(Ordering::Acquire);
         let c = Conns::unpack(w);
-        if c.epoch != found.epoch {
-            return None;
-        }
         let pos = Position::with(now_ms, &l.window, l.window_offset);
         let rolled = window::roll(c.id, c.prev, c.cur, pos);
         let d = judge_connect(&c, &rolled, &l.window, l.connections_per_window, l.max_concurrent);
@@ -501,9 +499,11 @@ impl Limiter {
                 }
             }
         }
-        let stripe = r.stripe(thread_hint());
-        add_saturating(&stripe.closed_messages, closed.messages);
-        add_saturating(&stripe.closed_bytes, closed.bytes);
+        if closed.messages | closed.bytes != 0 {
+            let stripe = r.stripe(thread_hint());
+            add_saturating(&stripe.closed_messages, closed.messages);
+            add_saturating(&stripe.closed_bytes, closed.bytes);
+        }
         conn::recycle(r, index);
         true
     }

@@ -164,6 +164,13 @@ pub(crate) fn candidates(region: &Region, h: u128) -> Vec<u32> {
 /// path then looks again under the shard lock, without tags.
 #[inline(always)]
 pub(crate) fn find(region: &Region, h: u128) -> Option<Found> {
+    find_with_conns(region, h).map(|(found, _)| found)
+}
+
+/// [`find`], also returning the client's conns word as read between the two
+/// key reads (the word the returned epoch came from).
+#[inline(always)]
+pub(crate) fn find_with_conns(region: &Region, h: u128) -> Option<(Found, u128)> {
     // The first slot of the probe order is the first home: where most ids
     // sit while their shard has room. Try it before building the probe.
     let l = region.layout;
@@ -176,15 +183,15 @@ pub(crate) fn find(region: &Region, h: u128) -> Option<Found> {
 
 /// `find` past the first slot: every slot of the probe order.
 #[inline(never)]
-fn find_probing(region: &Region, h: u128) -> Option<Found> {
+fn find_probing(region: &Region, h: u128) -> Option<(Found, u128)> {
     let tag = tag_of(h);
     let p = Probe::new(region, h);
     (1..p.count()).find_map(|k| found_at(region, p.slot(k), h, tag))
 }
 
-/// The client of hash `h` if slot `i` holds it.
+/// The client of hash `h` and its conns word if slot `i` holds it.
 #[inline(always)]
-fn found_at(region: &Region, i: u32, h: u128, tag: u8) -> Option<Found> {
+fn found_at(region: &Region, i: u32, h: u128, tag: u8) -> Option<(Found, u128)> {
     if region.tag(i).load(Ordering::Relaxed) != tag {
         return None;
     }
@@ -194,8 +201,9 @@ fn found_at(region: &Region, i: u32, h: u128, tag: u8) -> Option<Found> {
     }
     // Acquire: a reclaim's epoch bump is ordered after its pending mark, so
     // seeing a new epoch here means the re-read below sees the key change.
-    let epoch = Conns::unpack(slot.conns.load(Ordering::Acquire)).epoch;
-    (slot.key.load(Ordering::Acquire) == h).then_some(Found { index: i, epoch })
+    let conns = slot.conns.load(Ordering::Acquire);
+    let epoch = Conns::unpack(conns).epoch;
+    (slot.key.load(Ordering::Acquire) == h).then_some((Found { index: i, epoch }, conns))
 }
 
 /// Whether a slot holds no information at `pos`: no live connection, and no
