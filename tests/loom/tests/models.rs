@@ -15,18 +15,28 @@ fn tiny(l: Limits) -> Arc<Limiter> {
     Arc::new(Limiter::new(&Limits { max_clients: 2, max_connections: 2, ..l }).unwrap())
 }
 
+/// Runs `op` on two threads at once against one limiter; their results.
+fn race2<T, F>(lim: &Arc<Limiter>, op: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(&Limiter) -> T + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
+    let ts: Vec<_> = (0..2)
+        .map(|_| {
+            let (lim, op) = (lim.clone(), op.clone());
+            thread::spawn(move || op(&lim))
+        })
+        .collect();
+    ts.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 /// C1: two connects race for the last concurrency slot of one client.
 #[test]
 fn loom_connects_race_for_the_last_concurrent_slot() {
     loom::model(|| {
         let lim = tiny(Limits { max_concurrent_connections: 1, ..Limits::default() });
-        let ts: Vec<_> = (0..2)
-            .map(|_| {
-                let lim = lim.clone();
-                thread::spawn(move || lim.connect_at(b"c", 0).0.allowed)
-            })
-            .collect();
-        let allowed = ts.into_iter().map(|t| t.join().unwrap()).filter(|a| *a).count();
+        let allowed = race2(&lim, |l| l.connect_at(b"c", 0).0.allowed).into_iter().filter(|a| *a).count();
         assert_eq!(allowed, 1, "both connects took the last slot");
         assert_eq!(lim.client_connections(b"c"), 1);
     });
@@ -41,13 +51,7 @@ fn loom_connects_of_a_known_client_race_for_the_last_concurrent_slot() {
         let lim = tiny(Limits { max_concurrent_connections: 1, ..Limits::default() });
         let (_, first) = lim.connect_at(b"c", 0);
         assert!(lim.disconnect(first.unwrap()));
-        let ts: Vec<_> = (0..2)
-            .map(|_| {
-                let lim = lim.clone();
-                thread::spawn(move || lim.connect_at(b"c", 0).0)
-            })
-            .collect();
-        let ds: Vec<_> = ts.into_iter().map(|t| t.join().unwrap()).collect();
+        let ds = race2(&lim, |l| l.connect_at(b"c", 0).0);
         assert_eq!(ds.iter().filter(|d| d.allowed).count(), 1, "both connects took the last slot");
         assert!(ds.iter().any(|d| d.reason == Reason::ConcurrentConnections));
         assert_eq!(lim.client_connections(b"c"), 1);
@@ -59,13 +63,7 @@ fn loom_connects_of_a_known_client_race_for_the_last_concurrent_slot() {
 fn loom_connects_race_for_the_last_rate_slot() {
     loom::model(|| {
         let lim = tiny(Limits { connections_per_window: 1, max_concurrent_connections: 0, ..Limits::default() });
-        let ts: Vec<_> = (0..2)
-            .map(|_| {
-                let lim = lim.clone();
-                thread::spawn(move || lim.connect_at(b"c", 5).0)
-            })
-            .collect();
-        let ds: Vec<_> = ts.into_iter().map(|t| t.join().unwrap()).collect();
+        let ds = race2(&lim, |l| l.connect_at(b"c", 5).0);
         assert_eq!(ds.iter().filter(|d| d.allowed).count(), 1, "the rate limit admitted two");
         assert!(ds.iter().any(|d| d.reason == Reason::ConnectionRate));
     });
@@ -131,13 +129,8 @@ fn loom_message_pair_is_all_or_nothing() {
         });
         let (_, c) = lim.connect_at(b"c", 0);
         let c = c.unwrap();
-        let ts: Vec<_> = (0..2)
-            .map(|_| {
-                let lim = lim.clone();
-                thread::spawn(move || lim.check_message_at(c, 1, 0).allowed)
-            })
-            .collect();
-        let allowed = ts.into_iter().map(|t| t.join().unwrap()).filter(|a| *a).count() as u64;
+        let allowed =
+            race2(&lim, move |l| l.check_message_at(c, 1, 0).allowed).into_iter().filter(|a| *a).count() as u64;
         assert_eq!(allowed, 1, "the connection's limit of 1 was not exact");
         assert_eq!(lim.connection_info(c).unwrap().message_count, 1);
         // A key shares the client's word: one more message makes 2 there.
