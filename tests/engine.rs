@@ -406,6 +406,31 @@ fn time_going_backwards_means_no_time_passed() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "compares the engine's clock with the host's clocks")]
+fn the_clock_is_the_monotonic_one_never_the_wall_clock() {
+    // T11: decisions never read the wall clock, so a step of it (NTP,
+    // `date -s`) cannot move a window. Stepping the host's clock needs
+    // CAP_SYS_TIME and would disturb every other process, so this checks the
+    // source instead: the engine's clock follows CLOCK_MONOTONIC (which
+    // Linux never steps) and is nowhere near CLOCK_REALTIME.
+    fn ms(clock: libc::clockid_t) -> u64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec.
+        assert_eq!(unsafe { libc::clock_gettime(clock, &mut ts) }, 0);
+        ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+    }
+    let slack = ratethrottle::clock::resolution_ms() + 20;
+    for _ in 0..100 {
+        let before = ms(libc::CLOCK_MONOTONIC);
+        let ours = ratethrottle::clock::now_ms();
+        let after = ms(libc::CLOCK_MONOTONIC);
+        assert!(ours + slack >= before && ours <= after + slack, "{ours} not within {before}..={after} (+-{slack})");
+        let wall = ms(libc::CLOCK_REALTIME);
+        assert!(wall.abs_diff(ours) > 365 * 86_400_000, "the engine's clock {ours} is near the wall clock {wall}");
+    }
+}
+
+#[test]
 fn a_long_idle_connection_is_not_mistaken_for_a_clock_going_back() {
     // T2 with 1 ms windows: 32-bit window ids wrap after 49.7 days. A
     // connection idle for 2^32 - 2^29 ms (37 days) used to read as "the

@@ -1,6 +1,7 @@
 //! One region in a shared file, used by several processes at once (M12),
 //! mapped twice at different addresses (M7), refusing other layouts (M4),
-//! and reaping the connections of a process that died (M2). Children are
+//! reaping the connections of a process that died (M2), and the engine's
+//! clock read by two processes in turn (T10). Children are
 //! this test binary run again with `RT_CHILD` set, so no process forks a
 //! multi-threaded test harness.
 #![cfg(not(loom))]
@@ -75,7 +76,8 @@ fn limits() -> Limits {
 /// What a child does, selected by RT_CHILD=<task>:<path>.
 fn child(task: &str, path: &str) {
     let len = Limiter::region_size(&limits()).unwrap();
-    let m = Mapping::open(path, len + BARRIER, false);
+    let extra = if task == "clock" { CLOCK_AREA } else { BARRIER };
+    let m = Mapping::open(path, len + extra, false);
     // SAFETY: the mapping lives until the end of this function, after `lim`.
     let lim = unsafe { Limiter::attach(m.ptr, len) }.unwrap();
     match task {
@@ -101,6 +103,14 @@ fn child(task: &str, path: &str) {
             }
             println!("RESULT {conns} {keys}");
         }
+        "clock" => {
+            // Read the clock on odd turns, the parent on even ones (T10).
+            let turns = ClockTurns::at(&m, len);
+            for k in (1..2 * CLOCK_ROUNDS).step_by(2) {
+                turns.take(k);
+            }
+            println!("RESULT clock");
+        }
         "hold" => {
             // Take connections and die without closing them.
             for _ in 0..3 {
@@ -112,6 +122,43 @@ fn child(task: &str, path: &str) {
         _ => panic!("unknown child task {task}"),
     }
     drop(lim);
+}
+
+/// Clock readings per process in the T10 test.
+const CLOCK_ROUNDS: usize = 2000;
+/// Bytes after the region for the T10 test: the turn and the readings.
+const CLOCK_AREA: usize = 8 * (1 + 2 * CLOCK_ROUNDS);
+
+/// Two processes taking turns at reading the engine's clock, in the
+/// mapping past the region: a turn counter, then one reading per turn.
+struct ClockTurns<'a> {
+    turn: &'a std::sync::atomic::AtomicU64,
+    readings: &'a [std::sync::atomic::AtomicU64],
+}
+
+impl<'a> ClockTurns<'a> {
+    fn at(m: &'a Mapping, len: usize) -> ClockTurns<'a> {
+        assert!(len + CLOCK_AREA <= m.len);
+        // SAFETY: 8-byte aligned words inside the mapping (the region's size
+        // is a multiple of 64), zero-filled by ftruncate, shared by design.
+        unsafe {
+            let base = m.ptr.add(len) as *const std::sync::atomic::AtomicU64;
+            ClockTurns { turn: &*base, readings: std::slice::from_raw_parts(base.add(1), 2 * CLOCK_ROUNDS) }
+        }
+    }
+
+    /// Waits for turn `k` (at most 20 s), reads the clock into reading `k`,
+    /// and passes the turn on.
+    fn take(&self, k: usize) {
+        use std::sync::atomic::Ordering;
+        let t0 = std::time::Instant::now();
+        while self.turn.load(Ordering::Acquire) != k as u64 {
+            assert!(t0.elapsed().as_secs() < 20, "turn {k} never came");
+            std::hint::spin_loop();
+        }
+        self.readings[k].store(ratethrottle::clock::now_ms(), Ordering::Relaxed);
+        self.turn.store(k as u64 + 1, Ordering::Release);
+    }
 }
 
 fn spawn(task: &str, path: &str) -> std::process::Child {
@@ -259,4 +306,28 @@ fn attach_refuses_what_is_not_a_ready_region_of_this_layout() {
     assert!(matches!(unsafe { Limiter::attach(mem, len) }, Err(Error::IncompatibleRegion(_))));
     // SAFETY: allocated above with this layout.
     unsafe { std::alloc::dealloc(mem, layout) };
+}
+
+#[test]
+fn two_processes_reading_the_clock_in_turn_never_see_it_go_back() {
+    // T10: the engine's timestamps come from one system-wide monotonic
+    // clock, so readings taken in turn by two processes never decrease (a
+    // per-process clock such as `Instant` would not promise that).
+    let f = ShmFile::new("clock");
+    let len = Limiter::region_size(&limits()).unwrap();
+    let m = Mapping::open(&f.0, len + CLOCK_AREA, true);
+    // SAFETY: the mapping outlives `lim`.
+    let lim = unsafe { Limiter::init_in(m.ptr, len, &limits()) }.unwrap();
+    let child = spawn("clock", &f.0);
+    let turns = ClockTurns::at(&m, len);
+    for k in (0..2 * CLOCK_ROUNDS).step_by(2) {
+        turns.take(k);
+    }
+    assert_eq!(results(child), ["clock"]);
+    let r: Vec<u64> = turns.readings.iter().map(|v| v.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    for k in 1..r.len() {
+        assert!(r[k] >= r[k - 1], "reading {k} ({}) is before reading {} ({})", r[k], k - 1, r[k - 1]);
+    }
+    assert!(r[0] > 0);
+    drop(lim);
 }
