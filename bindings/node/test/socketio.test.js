@@ -3,13 +3,11 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const path = require('node:path');
-const { spawn } = require('node:child_process');
 const { Server } = require('socket.io');
 const { io: connectClient } = require('socket.io-client');
 const { Limiter } = require('..');
 const rtio = require('../socketio');
-const { until, next, httpServer } = require('./helpers.js');
+const { until, next, httpServer, childClient } = require('./helpers.js');
 
 async function chatServer(limiter, { before, serverOptions } = {}) {
   const h = await httpServer();
@@ -133,39 +131,6 @@ test('socket.io: packet sizes count strings, binary and nested values', () => {
 // pingInterval; no pong within pingTimeout closes the transport) frees the
 // slot through the middleware's 'disconnect' release: no second mechanism. ----
 
-/** Starts test/fixtures/idle-client.js (a real socket.io client in its own process). */
-async function childClient(url) {
-  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'idle-client.js'), 'socketio', url], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const kill = () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  };
-  process.once('exit', kill);
-  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
-  try {
-    await new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('socket.io client: no "open" in time')), 20_000);
-      let out = '';
-      child.stdout.on('data', (d) => {
-        out += d;
-        if (out.includes('open\n')) {
-          clearTimeout(t);
-          resolve();
-        }
-      });
-      child.once('exit', (code) => {
-        clearTimeout(t);
-        reject(new Error(`socket.io client exited (${code}) before connecting`));
-      });
-    });
-  } catch (err) {
-    kill();
-    throw err;
-  }
-  return { child, exited, kill };
-}
-
 // Small heartbeat for the tests (defaults: pingInterval 25 s, pingTimeout 20 s).
 const heartbeat = { pingInterval: 300, pingTimeout: 600 };
 
@@ -176,7 +141,7 @@ for (const [how, signal] of [
   test(`socket.io W7: a client process ${how}`, async (t) => {
     const limiter = new Limiter({ maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
     const srv = await chatServer(limiter, { serverOptions: heartbeat });
-    const c = await childClient(srv.url);
+    const c = await childClient('socketio', srv.url);
     t.after(async () => {
       c.kill();
       await srv.close();

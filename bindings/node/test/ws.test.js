@@ -7,11 +7,11 @@ const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 const crypto = require('node:crypto');
-const { spawn, spawnSync } = require('node:child_process');
+const { spawnSync } = require('node:child_process');
 const { WebSocketServer, WebSocket } = require('ws');
 const { Limiter } = require('..');
 const rtws = require('../ws');
-const { until, next, httpServer } = require('./helpers.js');
+const { until, next, httpServer, childClient } = require('./helpers.js');
 
 /** A ws echo server guarded by `limiter`; counts messages the app received. */
 async function echoServer(limiter, guardOptions) {
@@ -262,37 +262,6 @@ function textFrame(text) {
   const mask = crypto.randomBytes(4);
   const masked = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]));
   return Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, masked]);
-}
-
-/** Starts test/fixtures/idle-client.js; resolves once it is connected. Killed by the returned kill(). */
-async function childClient(kind, url) {
-  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'idle-client.js'), kind, url], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const kill = () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  };
-  process.once('exit', kill); // even if the test runner dies mid-test
-  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
-  await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`${kind} client: no "open" in time`)), 20_000);
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-      if (out.includes('open\n')) {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(t);
-      reject(new Error(`${kind} client exited (${code}) before connecting`));
-    });
-  }).catch((err) => {
-    kill();
-    throw err;
-  });
-  return { child, exited, kill };
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
