@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 fn main() {
+    inline_u128_cfg();
     println!("cargo:rerun-if-changed=src/ffi");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let (Some(crate_dir), Some(out_dir)) = (std::env::var_os("CARGO_MANIFEST_DIR"), std::env::var_os("OUT_DIR")) else {
@@ -19,6 +20,18 @@ fn main() {
         // Leave no stale header behind for `make header` to copy.
         let _ = std::fs::remove_file(&out);
         println!("cargo:warning=ratethrottle.h not generated: {e}");
+    }
+}
+
+/// `rt_inline_u128`: the 128-bit atomics of `src/atomic128.rs` (x86_64
+/// with SSE, no sanitizer: ThreadSanitizer cannot see inline assembly, so it
+/// gets portable-atomic's compiler intrinsics instead).
+fn inline_u128_cfg() {
+    println!("cargo:rustc-check-cfg=cfg(rt_inline_u128)");
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let sse = var("CARGO_CFG_TARGET_FEATURE").split(',').any(|f| f == "sse");
+    if var("CARGO_CFG_TARGET_ARCH") == "x86_64" && sse && var("CARGO_CFG_SANITIZE").is_empty() {
+        println!("cargo:rustc-cfg=rt_inline_u128");
     }
 }
 

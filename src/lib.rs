@@ -40,6 +40,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(all(not(loom), not(miri), rt_inline_u128))]
+mod atomic128;
 pub mod clock;
 mod conn;
 mod decision;

@@ -1,7 +1,10 @@
 //! The only module that names atomic types.
 //!
-//! Normal builds use `core` atomics and `portable_atomic::AtomicU128` (lock-free
-//! through `cmpxchg16b`, detected at run time). Under `--cfg loom` every type
+//! Normal builds use `core` atomics and a 128-bit atomic that is lock-free
+//! through `cmpxchg16b`: on x86_64 our own (`atomic128`, instructions inlined
+//! at each use), elsewhere and under Miri or ThreadSanitizer
+//! `portable_atomic::AtomicU128` (build.rs sets `rt_inline_u128` when the
+//! first applies). Under `--cfg loom` every type
 //! is loom's, so the loom models in `tests/loom.rs` explore the real engine
 //! code. loom has no 128-bit atomic; its stand-in is a loom mutex around a
 //! `u128`, which is linearizable and so explores the same interleavings of
@@ -14,7 +17,9 @@ pub(crate) use core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Order
 pub(crate) use loom::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 /// A 128-bit atomic word; every packed window state lives in one.
-#[cfg(not(loom))]
+#[cfg(all(not(loom), not(miri), rt_inline_u128))]
+pub(crate) use crate::atomic128::AtomicU128;
+#[cfg(all(not(loom), any(miri, not(rt_inline_u128))))]
 pub(crate) use portable_atomic::AtomicU128;
 
 /// Whether 128-bit atomics are lock-free on this CPU. A lock-based fallback
