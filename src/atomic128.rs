@@ -50,12 +50,43 @@ fn detect_vector() -> bool {
     yes
 }
 
+/// Whether `vmovdqa` is known to be atomic here: one load and one compare
+/// on the hot path; anything else goes to the `*_slow` functions.
 #[inline(always)]
-fn vector() -> bool {
-    match VECTOR.load(Ordering::Relaxed) {
-        VECTOR_YES => true,
-        VECTOR_NO => false,
-        _ => detect_vector(),
+fn vector_known() -> bool {
+    VECTOR.load(Ordering::Relaxed) == VECTOR_YES
+}
+
+/// Before detection, or on a CPU without AVX.
+#[cold]
+#[inline(never)]
+fn load_slow(p: *mut u128) -> u128 {
+    if VECTOR.load(Ordering::Relaxed) != VECTOR_NO && detect_vector() {
+        // SAFETY: as in `AtomicU128::load`; the CPU has AVX.
+        unsafe { load_vmovdqa(p) }
+    } else {
+        // A CAS of 0 by 0 returns the current value and changes nothing.
+        // SAFETY: as in `AtomicU128::load`.
+        unsafe { cmpxchg16b(p, 0, 0).0 }
+    }
+}
+
+/// As `load_slow`, for stores.
+#[cold]
+#[inline(never)]
+fn store_slow(p: *mut u128, val: u128, seq_cst: bool) {
+    if VECTOR.load(Ordering::Relaxed) != VECTOR_NO && detect_vector() {
+        // SAFETY: as in `AtomicU128::load`; the CPU has AVX.
+        unsafe { store_vmovdqa(p, val, seq_cst) }
+        return;
+    }
+    let mut cur = load_slow(p);
+    loop {
+        // SAFETY: as in `AtomicU128::load`.
+        match unsafe { cmpxchg16b(p, cur, val) } {
+            (_, true) => return,
+            (now, false) => cur = now,
+        }
     }
 }
 
@@ -68,32 +99,25 @@ impl AtomicU128 {
     #[inline(always)]
     pub(crate) fn load(&self, _order: Ordering) -> u128 {
         let p = self.v.get();
-        if vector() {
-            // SAFETY: p is 16-byte aligned and valid; the CPU has AVX.
+        if vector_known() {
+            // SAFETY: p is 16-byte aligned and valid (regions align their
+            // slots), only accessed atomically, and the CPU has AVX. Without
+            // AVX, `load_slow` uses cmpxchg16b, which every CPU a region
+            // runs on has (module comment).
             unsafe { load_vmovdqa(p) }
         } else {
-            // A CAS of 0 by 0 returns the current value and changes nothing.
-            // SAFETY: p is 16-byte aligned and valid; regions exist only on
-            // CPUs with cmpxchg16b (module comment).
-            unsafe { cmpxchg16b(p, 0, 0).0 }
+            load_slow(p)
         }
     }
 
     #[inline(always)]
     pub(crate) fn store(&self, val: u128, order: Ordering) {
         let p = self.v.get();
-        if vector() {
+        if vector_known() {
             // SAFETY: as in `load`.
             unsafe { store_vmovdqa(p, val, order == Ordering::SeqCst) }
         } else {
-            let mut cur = self.load(Ordering::Relaxed);
-            loop {
-                // SAFETY: as in `load`.
-                match unsafe { cmpxchg16b(p, cur, val) } {
-                    (_, true) => return,
-                    (now, false) => cur = now,
-                }
-            }
+            store_slow(p, val, order == Ordering::SeqCst);
         }
     }
 
@@ -200,7 +224,7 @@ mod tests {
     /// AVX) and then of `lock cmpxchg16b`. Both are atomic on this CPU, so
     /// tests running meanwhile stay correct.
     fn both_ways(f: impl Fn()) {
-        let detected = vector();
+        let detected = detect_vector();
         f();
         VECTOR.store(VECTOR_NO, Ordering::Relaxed);
         f();
