@@ -54,7 +54,10 @@ awk '
       r = "BenchmarkKeyedParallel/" kinds[i]
       printf "  %-28s wall %.2fx  cpu %.2fx -> %s\n", kinds[i], W[r] / W[p], C[r] / C[p], (W[r] < W[p] ? "MET" : "MISSED")
     }
-    split("ratethrottle-connect-close ratethrottle-check-key mutex-map-x-time-rate", all, " ")
+    q = "BenchmarkKeyedParallel/mutex-map-conn-slots"; r = "BenchmarkKeyedParallel/ratethrottle-connect-close"
+    printf "\ninformation: Connect+Close against the map doing the same work (rate, live count, release on close)\n"
+    printf "  %-28s wall %.2fx  cpu %.2fx\n", "ratethrottle-connect-close", W[r] / W[q], C[r] / C[q]
+    split("ratethrottle-connect-close ratethrottle-check-key mutex-map-x-time-rate mutex-map-conn-slots", all, " ")
     printf "\nscaling: throughput with 2 goroutines / 1 goroutine (wall)\n"
-    for (i = 1; i <= 3; i++) printf "  %-28s %.2fx\n", all[i], W["BenchmarkKeyedSerial/" all[i]] / W["BenchmarkKeyedParallel/" all[i]]
+    for (i = 1; i <= 4; i++) printf "  %-28s %.2fx\n", all[i], W["BenchmarkKeyedSerial/" all[i]] / W["BenchmarkKeyedParallel/" all[i]]
   }' "$OUT"

@@ -207,6 +207,44 @@ func (mm *mutexMap) allow(key string) bool {
 	return l.Allow()
 }
 
+// Peer doing the work of Connect+Close: the mutex-guarded map of
+// x/time/rate limiters, plus each client's live connections, checked
+// against a maximum and counted under the same lock (so that two racing
+// connects cannot both take the last slot) and released on close.
+type connMap struct {
+	mu sync.Mutex
+	m  map[string]*connEntry
+}
+
+type connEntry struct {
+	lim  *rate.Limiter
+	live int
+}
+
+// maxLive is benchLimits' MaxConcurrentConnections.
+const maxLive = 16777215
+
+func (cm *connMap) connect(key string) bool {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	e, ok := cm.m[key]
+	if !ok {
+		e = &connEntry{lim: rate.NewLimiter(rate.Limit(1e12), 1<<30)}
+		cm.m[key] = e
+	}
+	if e.live >= maxLive || !e.lim.Allow() {
+		return false
+	}
+	e.live++
+	return true
+}
+
+func (cm *connMap) close(key string) {
+	cm.mu.Lock()
+	cm.m[key].live--
+	cm.mu.Unlock()
+}
+
 const benchKeys = 10000
 
 func keys() []string {
@@ -294,5 +332,19 @@ func keyedCases(b *testing.B, run func(b *testing.B, check func(key string) bool
 			mm.allow(k)
 		}
 		run(b, mm.allow)
+	})
+	b.Run("mutex-map-conn-slots", func(b *testing.B) {
+		cm := &connMap{m: map[string]*connEntry{}}
+		for _, k := range keys() {
+			cm.connect(k)
+			cm.close(k)
+		}
+		run(b, func(k string) bool {
+			ok := cm.connect(k)
+			if ok {
+				cm.close(k)
+			}
+			return ok
+		})
 	})
 }
