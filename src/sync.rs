@@ -1,4 +1,4 @@
-//! The only module that names atomic types.
+//! The only module that chooses atomic types (the rest of the crate imports them from here).
 //!
 //! Normal builds use `core` atomics and a 128-bit atomic that is lock-free
 //! through `cmpxchg16b`: on x86_64 our own (`atomic128`, instructions inlined
