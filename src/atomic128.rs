@@ -224,6 +224,9 @@ mod tests {
     /// AVX) and then of `lock cmpxchg16b`. Both are atomic on this CPU, so
     /// tests running meanwhile stay correct.
     fn both_ways(f: impl Fn()) {
+        // One test at a time switches the path, so that each really runs both.
+        static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         let detected = detect_vector();
         f();
         VECTOR.store(VECTOR_NO, Ordering::Relaxed);
@@ -283,6 +286,47 @@ mod tests {
                 });
             });
             assert_eq!(w.load(Ordering::Acquire), pair(2 * N));
+        });
+    }
+
+    /// The engine on both paths (CI machines have AVX, so the cmpxchg16b
+    /// loads and stores run only here): 4 threads race for one client's 3
+    /// concurrent slots and one key's budget, and churn ids of their own.
+    #[test]
+    fn the_engine_keeps_its_limits_on_both_paths() {
+        both_ways(|| {
+            const N: u64 = 500;
+            let l = crate::Limiter::new(&crate::Limits {
+                max_concurrent_connections: 3,
+                connections_per_window: 0,
+                client_messages_per_window: (2 * N) as u32,
+                window_ms: 60_000,
+                ..crate::Limits::default()
+            })
+            .unwrap();
+            let (shared, keys) = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4u64)
+                    .map(|t| {
+                        let l = &l;
+                        s.spawn(move || {
+                            let (mut shared, mut keys) = (0u64, 0u64);
+                            for i in 0..N {
+                                shared += l.connect_at(b"shared", 0).1.is_some() as u64;
+                                keys += l.check_key_at(b"room", 1, 0).allowed as u64;
+                                let id = [t.to_le_bytes(), i.to_le_bytes()].concat();
+                                let (d, c) = l.connect_at(&id, 0);
+                                assert!(d.allowed, "{d:?}");
+                                assert!(l.disconnect(c.unwrap()));
+                            }
+                            (shared, keys)
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+            });
+            assert_eq!(shared, 3, "the concurrency limit is exact");
+            assert_eq!(keys, 2 * N, "the key limit is exact");
+            assert_eq!(l.stats().connections_allowed, 3 + 4 * N, "nothing lost");
         });
     }
 }
