@@ -18,11 +18,11 @@
 //!   Without AVX they are made of `lock cmpxchg16b`, as portable-atomic does.
 //!   The choice is read from a static set once per process.
 //!
-//! The instructions are those of portable-atomic 1.15 (`imp/atomic128/x86_64.rs`).
-//! x86 is TSO: a plain load is an acquire load and a plain store a release
-//! store; a `SeqCst` store adds `mfence`. Every
-//! `asm!` block here clobbers memory (no `nomem` / `readonly`), so it is also
-//! a compiler barrier.
+//! The instructions are those of portable-atomic 1.15
+//! (`imp/atomic128/x86_64.rs`). x86 is TSO: a plain load is an acquire load
+//! and a plain store a release store; a `SeqCst` store adds `mfence`. Every
+//! `asm!` block here clobbers memory (no `nomem` / `readonly`), so it is
+//! also a compiler barrier.
 
 use core::arch::asm;
 use core::arch::x86_64::__m128i;
