@@ -57,11 +57,20 @@ fn vector_known() -> bool {
     VECTOR.load(Ordering::Relaxed) == VECTOR_YES
 }
 
+/// Whether `vmovdqa` is atomic here, detecting on first use.
+fn vector() -> bool {
+    match VECTOR.load(Ordering::Relaxed) {
+        VECTOR_YES => true,
+        VECTOR_NO => false,
+        _ => detect_vector(),
+    }
+}
+
 /// Before detection, or on a CPU without AVX.
 #[cold]
 #[inline(never)]
 fn load_slow(p: *mut u128) -> u128 {
-    if VECTOR.load(Ordering::Relaxed) != VECTOR_NO && detect_vector() {
+    if vector() {
         // SAFETY: as in `AtomicU128::load`; the CPU has AVX.
         unsafe { load_vmovdqa(p) }
     } else {
@@ -75,7 +84,7 @@ fn load_slow(p: *mut u128) -> u128 {
 #[cold]
 #[inline(never)]
 fn store_slow(p: *mut u128, val: u128, seq_cst: bool) {
-    if VECTOR.load(Ordering::Relaxed) != VECTOR_NO && detect_vector() {
+    if vector() {
         // SAFETY: as in `AtomicU128::load`; the CPU has AVX.
         unsafe { store_vmovdqa(p, val, seq_cst) }
         return;
