@@ -177,7 +177,7 @@ func BenchmarkConnectClose(b *testing.B) {
 // Peer: one x/time/rate limiter per connection (what a Go server keeps per
 // socket to limit its messages).
 func BenchmarkXTimeRatePerConnAllow(b *testing.B) {
-	l := rate.NewLimiter(rate.Limit(1e12), 1<<30)
+	l := peerLimiter()
 	denied := 0
 	stop := threadCPUTimer(b)
 	for i := 0; i < b.N; i++ {
@@ -188,6 +188,10 @@ func BenchmarkXTimeRatePerConnAllow(b *testing.B) {
 	stop()
 	checkAllAllowed(b, denied)
 }
+
+// peerLimiter is the x/time/rate limiter every peer uses: a rate and a
+// burst no benchmark reaches, so it never denies.
+func peerLimiter() *rate.Limiter { return rate.NewLimiter(rate.Limit(1e12), 1<<30) }
 
 // Peer: a mutex-guarded map of x/time/rate limiters per client, the usual
 // keyed limiter in Go.
@@ -200,7 +204,7 @@ func (mm *mutexMap) allow(key string) bool {
 	mm.mu.Lock()
 	l, ok := mm.m[key]
 	if !ok {
-		l = rate.NewLimiter(rate.Limit(1e12), 1<<30)
+		l = peerLimiter()
 		mm.m[key] = l
 	}
 	mm.mu.Unlock()
@@ -212,8 +216,9 @@ func (mm *mutexMap) allow(key string) bool {
 // against a maximum and counted under the same lock (so that two racing
 // connects cannot both take the last slot) and released on close.
 type connMap struct {
-	mu sync.Mutex
-	m  map[string]*connEntry
+	mu      sync.Mutex
+	m       map[string]*connEntry
+	maxLive int // the engine's MaxConcurrentConnections in the same bench
 }
 
 type connEntry struct {
@@ -221,18 +226,15 @@ type connEntry struct {
 	live int
 }
 
-// maxLive is benchLimits' MaxConcurrentConnections.
-const maxLive = 16777215
-
 func (cm *connMap) connect(key string) bool {
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
 	e, ok := cm.m[key]
 	if !ok {
-		e = &connEntry{lim: rate.NewLimiter(rate.Limit(1e12), 1<<30)}
+		e = &connEntry{lim: peerLimiter()}
 		cm.m[key] = e
 	}
-	if e.live >= maxLive || !e.lim.Allow() {
+	if e.live >= cm.maxLive || !e.lim.Allow() {
 		return false
 	}
 	e.live++
@@ -334,7 +336,7 @@ func keyedCases(b *testing.B, run func(b *testing.B, check func(key string) bool
 		run(b, mm.allow)
 	})
 	b.Run("mutex-map-conn-slots", func(b *testing.B) {
-		cm := &connMap{m: map[string]*connEntry{}}
+		cm := &connMap{m: map[string]*connEntry{}, maxLive: int(keyedBenchLimits().MaxConcurrentConnections)}
 		for _, k := range keys() {
 			cm.connect(k)
 			cm.close(k)
