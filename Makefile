@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 # reason when it cannot be installed.
 NIGHTLY ?= nightly
 FUZZ_SECONDS ?= 30
-LOOM_MAX_PREEMPTIONS ?= 2
+LOOM_MAX_PREEMPTIONS ?= 3
 export PROPTEST_CASES ?= 256
 
 .PHONY: all demo test test-core test-lint test-unit test-loom test-c test-nightly \
