@@ -130,7 +130,7 @@ func BenchmarkCheckMessageAt(b *testing.B) {
 func BenchmarkCheckMessageAtRawCgo(b *testing.B) {
 	lim := benchLimiter(b)
 	c, _ := lim.ConnectAt("bench", 0)
-	h := c.h.Load()
+	h := atomic.LoadUint64(&c.h)
 	denied := 0
 	stop := threadCPUTimer(b)
 	for i := 0; i < b.N; i++ {
@@ -152,7 +152,7 @@ func BenchmarkCheckMessageAtRawCgo(b *testing.B) {
 func BenchmarkCheckMessageAtInC(b *testing.B) {
 	lim := benchLimiter(b)
 	c, _ := lim.ConnectAt("bench", 0)
-	h := c.h.Load()
+	h := atomic.LoadUint64(&c.h)
 	stop := threadCPUTimer(b)
 	allowed := checkMessageAtLoop(lim.ptr, h, 64, 0, b.N)
 	stop()

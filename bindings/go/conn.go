@@ -11,8 +11,14 @@ import (
 // methods are safe for concurrent use; a nil *Conn (or a zero Conn{}) is
 // refused with ErrNilConn.
 type Conn struct {
+	// h is the engine handle, 0 once closed. First in the struct, so that
+	// it is 8-byte aligned for 64-bit atomics on 32-bit platforms too.
+	// Connect writes it once, with a plain store, before the *Conn is
+	// returned (so before any other goroutine can see it: the locked
+	// exchange of an atomic Store is not needed there); after that it is
+	// read and written only through the sync/atomic functions.
+	h   uint64
 	lim *Limiter
-	h   atomic.Uint64 // the engine handle; 0 once closed
 }
 
 // Limiter is the limiter that opened c.
@@ -28,7 +34,7 @@ func (c *Conn) ID() uint64 {
 	if c == nil {
 		return 0
 	}
-	return c.h.Load()
+	return atomic.LoadUint64(&c.h)
 }
 
 // CheckMessage checks one message of size bytes: size (MaxMessageSize), the
@@ -59,9 +65,9 @@ func (c *Conn) checkMessage(size int, nowMs uint64, at bool) Decision {
 	}
 	var d cDecision
 	if at {
-		cCheckMessageAt(l.ptr, c.h.Load(), uint64(size), nowMs, &d)
+		cCheckMessageAt(l.ptr, atomic.LoadUint64(&c.h), uint64(size), nowMs, &d)
 	} else {
-		cCheckMessage(l.ptr, c.h.Load(), uint64(size), &d)
+		cCheckMessage(l.ptr, atomic.LoadUint64(&c.h), uint64(size), &d)
 	}
 	l.leave(g)
 	return decisionFromC(&d)
@@ -73,7 +79,7 @@ func (c *Conn) Close() error {
 	if c == nil || c.lim == nil {
 		return nil
 	}
-	h := c.h.Swap(0)
+	h := atomic.SwapUint64(&c.h, 0)
 	if h == 0 {
 		return nil
 	}
@@ -97,7 +103,7 @@ func (c *Conn) Info() (ConnectionInfo, error) {
 	if g == nil {
 		return ConnectionInfo{}, ErrClosed
 	}
-	ci, st := cConnectionInfo(l.ptr, c.h.Load())
+	ci, st := cConnectionInfo(l.ptr, atomic.LoadUint64(&c.h))
 	l.leave(g)
 	runtime.KeepAlive(c)
 	switch st {

@@ -165,9 +165,7 @@ func (l *Limiter) conn(d Decision, h uint64) (*Conn, Decision) {
 		// full. The connect is allowed untracked and there is nothing to close.
 		return nil, d
 	}
-	c := &Conn{lim: l}
-	c.h.Store(h)
-	return c, d
+	return &Conn{h: h, lim: l}, d
 }
 
 // CheckKey checks one message of size bytes against a key's aggregate limits
