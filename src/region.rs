@@ -44,18 +44,31 @@ pub(crate) const SLOTS_PER_CLIENT: u32 = 2;
 pub(crate) const ALIGN: usize = 64;
 
 /// The statistics stripe and free-list lane of the calling thread (taken
-/// modulo their counts): its stack address, hashed. Threads' stacks lie
-/// megabytes apart, so threads running at once mostly write different
-/// stripes and lanes instead of bouncing one cache line between their cores
-/// (choosing by slot index did: two threads on many clients wrote the same
-/// few stripes). A collision costs only speed; within one thread the hint
-/// may change with the stack depth, which is harmless too.
+/// modulo their counts): its stack address and its process, hashed.
+/// Threads' stacks lie megabytes apart, so threads running at once mostly
+/// write different stripes and lanes instead of bouncing one cache line
+/// between their cores (choosing by slot index did: two threads on many
+/// clients wrote the same few stripes). The process token is mixed in
+/// because forked processes (nginx workers, pre-fork servers) run at the
+/// same stack addresses as their parent: by address alone every worker
+/// sharing a region wrote the same stripe and lane, and two workers made
+/// fewer connects per second together than one alone. A collision costs
+/// only speed; within one thread the hint may change with the stack depth,
+/// which is harmless too.
 #[cfg(not(loom))]
 #[inline(always)]
 pub(crate) fn thread_hint() -> usize {
     let marker = 0u8;
-    let at = core::ptr::addr_of!(marker) as usize;
-    (at >> 16).wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> (usize::BITS - 8)
+    // The token is cached (computed once per process; connects read it anyway).
+    hint_of(core::ptr::addr_of!(marker) as usize, crate::clock::process::token())
+}
+
+/// The hint of a stack address in a process (`clock::process` token: pid in
+/// the high 32 bits): 0 to 255.
+#[inline(always)]
+fn hint_of(stack_addr: usize, process: u64) -> usize {
+    let mixed = (stack_addr >> 16) as u64 ^ process ^ (process >> 32);
+    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
 }
 
 /// Under loom the hint must be the same in every explored execution (loom
@@ -963,4 +976,25 @@ pub(crate) fn load_id(words: &[AtomicU64; 5], len: &AtomicU32) -> ([u8; 40], u32
         buf[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
     }
     (buf, len.load(Ordering::Relaxed))
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Forked workers (nginx, pre-fork servers) run at their parent's stack
+    /// addresses, so the process must move their hint; otherwise every
+    /// worker sharing a region writes one stripe and one free-list lane.
+    #[test]
+    fn processes_at_one_stack_address_spread_over_lanes() {
+        let stack = 0x7ffc_1234_5678_usize;
+        let start = 0x0001_2345_u64; // low 32 bits of a start time, the same for all
+        let by_pid: HashSet<usize> = (4000..4008_u64).map(|pid| hint_of(stack, pid << 32 | start) % LANES).collect();
+        assert!(by_pid.len() >= 5, "8 processes on {} lanes: {by_pid:?}", by_pid.len());
+        // Threads of one process: stacks some megabytes apart.
+        let by_stack: HashSet<usize> =
+            (0..8).map(|i| hint_of(stack + i * (8 << 20), 4000 << 32 | start) % STRIPES).collect();
+        assert!(by_stack.len() >= 5, "8 threads on {} stripes: {by_stack:?}", by_stack.len());
+    }
 }
