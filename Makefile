@@ -77,6 +77,7 @@ test-nightly:
 ## criterion benchmarks with their peers in the same run (see BENCHMARKS.md).
 bench: toolchain
 	$(CARGO) bench --bench engine
+	$(CARGO) bench --bench processes
 
 ## Each binding's benchmarks, with its ecosystem's peer in the same run.
 bench-go: lib
