@@ -11,6 +11,7 @@ import (
 // methods are safe for concurrent use; a nil *Conn (or a zero Conn{}) is
 // refused with ErrNilConn.
 type Conn struct {
+	_ noCopy // go vet: a Conn is used through its pointer, never copied
 	// h is the engine handle, 0 once closed. First in the struct, so that
 	// it is 8-byte aligned for 64-bit atomics on 32-bit platforms too.
 	// Connect writes it once, with a plain store, before the *Conn is
@@ -114,3 +115,10 @@ func (c *Conn) Info() (ConnectionInfo, error) {
 	}
 	return ConnectionInfo{}, fmt.Errorf("ratethrottle: rt_limiter_connection_info: %s", statusString(st))
 }
+
+// noCopy makes `go vet` (copylocks) report a copied Conn, as the
+// atomic.Uint64 field it replaced did. Zero size, so h stays at offset 0.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
