@@ -12,8 +12,9 @@ import (
 // refused with ErrNilConn.
 type Conn struct {
 	_ noCopy // go vet: a Conn is used through its pointer, never copied
-	// h is the engine handle, 0 once closed. First in the struct, so that
-	// it is 8-byte aligned for 64-bit atomics on 32-bit platforms too.
+	// h is the engine handle, 0 once closed. At offset 0 (noCopy takes no
+	// space), so that it is 8-byte aligned for 64-bit atomics on 32-bit
+	// platforms too.
 	// Connect writes it once, with a plain store, before the *Conn is
 	// returned (so before any other goroutine can see it: the locked
 	// exchange of an atomic Store is not needed there); after that it is
