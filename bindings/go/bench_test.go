@@ -97,6 +97,16 @@ func BenchmarkEmptyCgo(b *testing.B) {
 	stop()
 }
 
+// An empty C function called the way the hot calls are made (calls.go:
+// asmcgocall by default; with -tags ratethrottle_cgocall, a cgo call).
+func BenchmarkEmptyHotCall(b *testing.B) {
+	stop := threadCPUTimer(b)
+	for i := 0; i < b.N; i++ {
+		emptyCall()
+	}
+	stop()
+}
+
 func BenchmarkCheckMessage(b *testing.B) {
 	lim := benchLimiter(b)
 	c, _ := lim.Connect("bench")
@@ -125,9 +135,10 @@ func BenchmarkCheckMessageAt(b *testing.B) {
 	checkAllAllowed(b, denied)
 }
 
-// The same cgo call without the binding's in-flight guard (two atomic adds)
-// and Go-side checks: the guard's cost is the difference.
-func BenchmarkCheckMessageAtRawCgo(b *testing.B) {
+// The same hot call without the binding's in-flight guard (two atomic
+// adds), its Go-side checks and the Decision it builds: what those cost is
+// the difference.
+func BenchmarkCheckMessageAtRaw(b *testing.B) {
 	lim := benchLimiter(b)
 	c, _ := lim.ConnectAt("bench", 0)
 	h := atomic.LoadUint64(&c.h)
@@ -136,7 +147,7 @@ func BenchmarkCheckMessageAtRawCgo(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		var d cDecision
 		cCheckMessageAt(lim.ptr, h, 64, uint64(i/1000), &d)
-		if !decisionFromC(&d).Allowed {
+		if !bool(d.allowed) {
 			denied++
 		}
 	}
@@ -144,11 +155,11 @@ func BenchmarkCheckMessageAtRawCgo(b *testing.B) {
 	checkAllAllowed(b, denied)
 }
 
-// The engine's message check inside this Go process with no cgo transition
-// per check: b.N checks in one cgo call (the same clock steps as the two
-// benchmarks above). CheckMessageAtRawCgo minus EmptyCgo minus this is what
-// a check costs more when every check is its own cgo call (the transition
-// leaves caches and branch predictors colder for the engine).
+// The engine's message check inside this Go process with no transition
+// per check: b.N checks in one cgo call (the same clock steps as the
+// benchmarks above). CheckMessageAtRaw minus EmptyHotCall minus this is
+// what a check costs more when every check is its own call into C (the
+// switch leaves caches and branch predictors colder for the engine).
 func BenchmarkCheckMessageAtInC(b *testing.B) {
 	lim := benchLimiter(b)
 	c, _ := lim.ConnectAt("bench", 0)

@@ -15,13 +15,15 @@ package ratethrottle
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../include
 #cgo LDFLAGS: -L${SRCDIR}/../../target/release -l:libratethrottle.a -lm -ldl -lpthread
-// The hot calls go through the static shims below, which write the decision
-// through an out-pointer to the Go caller's stack variable instead of
-// returning the 40-byte rt_decision by value (a by-value struct result
-// crosses cgo through extra stack copies that cost ~30 ns per call).
+// The hot calls (connect, disconnect, message and key checks) go through
+// the shims below. Each takes one argument, a pointer to an rtg_call that
+// the Go caller fills in on its stack, and writes the decision through
+// call->out, a variable on the caller's stack (never kept). The Go side
+// calls them with call() (calls.go), which runs them on the thread's
+// system stack without cgo's entersyscall/exitsyscall, or through
+// rtg_invoke, a plain cgo call, with -tags ratethrottle_cgocall.
 //
-// noescape: the C side never keeps a pointer it is given (the id/key bytes
-// and the out-pointer are used during the call only, per the header's
+// noescape: the C side never keeps a pointer it is given (per the header's
 // ownership notes), so cgo need not move the Go variables to the heap.
 // nocallback: these C functions never call back into Go. The only way the
 // engine runs foreign code inside a check is the violation callback
@@ -30,20 +32,9 @@ package ratethrottle
 // violations.go) and exports no Go function to C (no //export). Another
 // process attached to a shared region has its own handle and callback,
 // which never run in this process. If the package ever registers a violation
-// callback, these nocallback lines must go.
-#cgo noescape rtg_connect
-#cgo nocallback rtg_connect
-#cgo noescape rtg_connect_at
-#cgo nocallback rtg_connect_at
-#cgo noescape rtg_check_key
-#cgo nocallback rtg_check_key
-#cgo noescape rtg_check_key_at
-#cgo nocallback rtg_check_key_at
-#cgo noescape rtg_check_message
-#cgo nocallback rtg_check_message
-#cgo noescape rtg_check_message_at
-#cgo nocallback rtg_check_message_at
-#cgo nocallback rtg_disconnect
+// callback, these nocallback lines must go, and so must call()'s fast path.
+#cgo noescape rtg_invoke
+#cgo nocallback rtg_invoke
 #cgo noescape rt_client_connections
 #cgo nocallback rt_client_connections
 #cgo nocallback rtg_empty
@@ -53,44 +44,69 @@ package ratethrottle
 #include <stdlib.h>
 #include "ratethrottle.h"
 
-// The shims: the decision goes to *out (the caller's stack; never kept).
-// restrict lets the compiler hand out to the engine as the result slot
-// (no copy through a temporary). lim is the handle as an integer (see lp).
-static inline rt_conn rtg_connect(uintptr_t lim, const uint8_t *id, size_t len, rt_decision *restrict out) {
+// One hot call's arguments and results. lim is the engine's handle;
+// id/len the id or key bytes (Go memory, used during the call only); out
+// the caller's decision variable.
+typedef struct {
+	rt_limiter *lim;
+	const uint8_t *id;
+	size_t len;
+	rt_conn conn;
+	uint64_t size;
+	uint64_t now_ms;
+	rt_decision *out;
+} rtg_call;
+
+// The shims, C functions of one pointer argument as call() needs them
+// (not static: Go takes their addresses, which the linker resolves).
+// restrict: out never aliases the call record.
+void rtg_connect(void *p) {
+	rtg_call *restrict c = p;
 	rt_conn conn = 0;
-	*out = rt_connect((rt_limiter *)lim, id, len, &conn);
-	return conn;
+	*c->out = rt_connect(c->lim, c->id, c->len, &conn);
+	c->conn = conn;
 }
 
-static inline rt_conn rtg_connect_at(uintptr_t lim, const uint8_t *id, size_t len, uint64_t now_ms, rt_decision *restrict out) {
+void rtg_connect_at(void *p) {
+	rtg_call *restrict c = p;
 	rt_conn conn = 0;
-	*out = rt_connect_at((rt_limiter *)lim, id, len, now_ms, &conn);
-	return conn;
+	*c->out = rt_connect_at(c->lim, c->id, c->len, c->now_ms, &conn);
+	c->conn = conn;
 }
 
-// rt_disconnect with the handle as an integer (see lp); no decision.
-static inline void rtg_disconnect(uintptr_t lim, rt_conn conn) {
-	rt_disconnect((rt_limiter *)lim, conn);
+void rtg_disconnect(void *p) {
+	rtg_call *restrict c = p;
+	rt_disconnect(c->lim, c->conn);
 }
 
-static inline void rtg_check_message(uintptr_t lim, rt_conn conn, uint64_t size, rt_decision *restrict out) {
-	*out = rt_check_message((rt_limiter *)lim, conn, size);
+void rtg_check_message(void *p) {
+	rtg_call *restrict c = p;
+	*c->out = rt_check_message(c->lim, c->conn, c->size);
 }
 
-static inline void rtg_check_message_at(uintptr_t lim, rt_conn conn, uint64_t size, uint64_t now_ms, rt_decision *restrict out) {
-	*out = rt_check_message_at((rt_limiter *)lim, conn, size, now_ms);
+void rtg_check_message_at(void *p) {
+	rtg_call *restrict c = p;
+	*c->out = rt_check_message_at(c->lim, c->conn, c->size, c->now_ms);
 }
 
-static inline void rtg_check_key(uintptr_t lim, const uint8_t *key, size_t len, uint64_t size, rt_decision *restrict out) {
-	*out = rt_check_key((rt_limiter *)lim, key, len, size);
+void rtg_check_key(void *p) {
+	rtg_call *restrict c = p;
+	*c->out = rt_check_key(c->lim, c->id, c->len, c->size);
 }
 
-static inline void rtg_check_key_at(uintptr_t lim, const uint8_t *key, size_t len, uint64_t size, uint64_t now_ms, rt_decision *restrict out) {
-	*out = rt_check_key_at((rt_limiter *)lim, key, len, size, now_ms);
+void rtg_check_key_at(void *p) {
+	rtg_call *restrict c = p;
+	*c->out = rt_check_key_at(c->lim, c->id, c->len, c->size, c->now_ms);
 }
 
-// The empty C function the benchmarks compare against.
+// A shim through a plain cgo call (-tags ratethrottle_cgocall, and ids too
+// long for the fast path).
+static void rtg_invoke(void (*fn)(void *), void *call) { fn(call); }
+
+// The empty C function the benchmarks compare against, called by cgo, and
+// an empty shim, called as the hot calls are.
 static inline void rtg_empty(void) {}
+void rtg_empty_call(void *p) { (void)p; }
 
 // For the benchmarks: n message checks in ONE cgo call, the clock moving
 // 1 ms every 1000 checks from t0 (as the per-call benchmarks do it)
@@ -142,17 +158,20 @@ func idPtrBytes(b []byte) cID {
 	return cID{(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b))), C.size_t(len(b))}
 }
 
-// decisionFromC reads the fields of a decision the engine wrote into a Go
-// stack variable, one by one (no copy of the whole C struct).
-func decisionFromC(d *C.rt_decision) Decision {
-	return Decision{
-		Allowed:    bool(d.allowed),
-		Reason:     Reason(d.reason),
-		RetryAfter: retryAfter(uint64(d.retry_after_ms)),
-		Limit:      uint64(d.limit),
-		Remaining:  uint64(d.remaining),
-		Current:    uint64(d.current),
-	}
+// setFromC sets *dst, field by field, from a decision the engine wrote into
+// a Go stack variable. The hot calls return their Decision through a named
+// result filled in this way: Decision has too many fields for the compiler
+// to keep in registers, and a composite literal is built in a temporary
+// and then copied with 16-byte moves, which read back the temporary's
+// narrower stores before they reach the cache (a stalled store-to-load
+// forwarding: several ns per copy on the machine of BENCHMARKS.md).
+func setFromC(dst *Decision, d *C.rt_decision) {
+	dst.Allowed = bool(d.allowed)
+	dst.Reason = Reason(d.reason)
+	dst.RetryAfter = retryAfter(uint64(d.retry_after_ms))
+	dst.Limit = uint64(d.limit)
+	dst.Remaining = uint64(d.remaining)
+	dst.Current = uint64(d.current)
 }
 
 func retryAfter(ms uint64) time.Duration {
@@ -311,32 +330,106 @@ func lp(p *C.rt_limiter) C.uintptr_t { return C.uintptr_t(uintptr(unsafe.Pointer
 // caller's stack (noescape keeps it there); the caller converts it with
 // decisionFromC once, after leaving the in-flight guard, so that the
 // Decision is built once, in place, instead of being copied through every
-// return.
+// return. Each fills in a call record on its stack and runs a shim with
+// call() (calls.go).
+
+// cCall is one hot call's record (rtg_call).
+type cCall = C.rtg_call
+
+// The shims' addresses, for call().
+var (
+	fnConnect        = unsafe.Pointer(C.rtg_connect)
+	fnConnectAt      = unsafe.Pointer(C.rtg_connect_at)
+	fnDisconnect     = unsafe.Pointer(C.rtg_disconnect)
+	fnCheckMessage   = unsafe.Pointer(C.rtg_check_message)
+	fnCheckMessageAt = unsafe.Pointer(C.rtg_check_message_at)
+	fnCheckKey       = unsafe.Pointer(C.rtg_check_key)
+	fnCheckKeyAt     = unsafe.Pointer(C.rtg_check_key_at)
+	fnEmpty          = unsafe.Pointer(C.rtg_empty_call)
+)
+
+// fastIDMax: call() makes a plain cgo call for ids and keys longer than
+// this, whatever the build (calls.go).
+const fastIDMax = 4096
+
+// cgoInvoke runs the shim fn on c through a plain cgo call. c is on the
+// caller's stack (cgo's pointer check passes stack memory, which may hold
+// pointers to Go memory: the id bytes and the decision variable).
+func cgoInvoke(fn unsafe.Pointer, c *cCall) { C.rtg_invoke((*[0]byte)(fn), unsafe.Pointer(c)) }
 
 func cConnect(p *C.rt_limiter, id cID, out *cDecision) uint64 {
-	return uint64(C.rtg_connect(lp(p), id.p, id.n, out))
+	var c cCall
+	c.lim = p
+	c.id = id.p
+	c.len = id.n
+	c.out = out
+	call(fnConnect, &c)
+	return uint64(c.conn)
 }
 
 func cConnectAt(p *C.rt_limiter, id cID, nowMs uint64, out *cDecision) uint64 {
-	return uint64(C.rtg_connect_at(lp(p), id.p, id.n, C.uint64_t(nowMs), out))
+	var c cCall
+	c.lim = p
+	c.id = id.p
+	c.len = id.n
+	c.now_ms = C.uint64_t(nowMs)
+	c.out = out
+	call(fnConnectAt, &c)
+	return uint64(c.conn)
 }
 
-func cDisconnect(p *C.rt_limiter, h uint64) { C.rtg_disconnect(lp(p), C.rt_conn(h)) }
+func cDisconnect(p *C.rt_limiter, h uint64) {
+	var c cCall
+	c.lim = p
+	c.conn = C.rt_conn(h)
+	call(fnDisconnect, &c)
+}
 
 func cCheckMessage(p *C.rt_limiter, h uint64, size uint64, out *cDecision) {
-	C.rtg_check_message(lp(p), C.rt_conn(h), C.uint64_t(size), out)
+	var c cCall
+	c.lim = p
+	c.conn = C.rt_conn(h)
+	c.size = C.uint64_t(size)
+	c.out = out
+	call(fnCheckMessage, &c)
 }
 
 func cCheckMessageAt(p *C.rt_limiter, h uint64, size, nowMs uint64, out *cDecision) {
-	C.rtg_check_message_at(lp(p), C.rt_conn(h), C.uint64_t(size), C.uint64_t(nowMs), out)
+	var c cCall
+	c.lim = p
+	c.conn = C.rt_conn(h)
+	c.size = C.uint64_t(size)
+	c.now_ms = C.uint64_t(nowMs)
+	c.out = out
+	call(fnCheckMessageAt, &c)
 }
 
 func cCheckKey(p *C.rt_limiter, k cID, size uint64, out *cDecision) {
-	C.rtg_check_key(lp(p), k.p, k.n, C.uint64_t(size), out)
+	var c cCall
+	c.lim = p
+	c.id = k.p
+	c.len = k.n
+	c.size = C.uint64_t(size)
+	c.out = out
+	call(fnCheckKey, &c)
 }
 
 func cCheckKeyAt(p *C.rt_limiter, k cID, size, nowMs uint64, out *cDecision) {
-	C.rtg_check_key_at(lp(p), k.p, k.n, C.uint64_t(size), C.uint64_t(nowMs), out)
+	var c cCall
+	c.lim = p
+	c.id = k.p
+	c.len = k.n
+	c.size = C.uint64_t(size)
+	c.now_ms = C.uint64_t(nowMs)
+	c.out = out
+	call(fnCheckKeyAt, &c)
+}
+
+// emptyCall runs an empty shim the way the hot calls run theirs
+// (benchmarks only).
+func emptyCall() {
+	var c cCall
+	call(fnEmpty, &c)
 }
 
 func cClientConnections(p *C.rt_limiter, id cID) int {

@@ -53,7 +53,7 @@ func (c *Conn) CheckMessageAt(size int, nowMs uint64) Decision {
 
 // checkMessage is the body of both forms: the engine's clock, or nowMs when
 // at is set.
-func (c *Conn) checkMessage(size int, nowMs uint64, at bool) Decision {
+func (c *Conn) checkMessage(size int, nowMs uint64, at bool) (dec Decision) {
 	if c == nil || c.lim == nil {
 		return refused(ErrNilConn)
 	}
@@ -72,7 +72,8 @@ func (c *Conn) checkMessage(size int, nowMs uint64, at bool) Decision {
 		cCheckMessage(l.ptr, atomic.LoadUint64(&c.h), uint64(size), &d)
 	}
 	l.leave(g)
-	return decisionFromC(&d)
+	setFromC(&dec, &d)
+	return dec
 }
 
 // Close frees the connection's concurrency slot. Idempotent; closing after

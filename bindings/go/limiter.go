@@ -143,7 +143,7 @@ func (l *Limiter) ConnectBytes(clientID []byte) (*Conn, Decision) {
 
 // connect is the body of the Connect forms: the engine's clock, or nowMs
 // when at is set. The caller keeps the id alive until it returns.
-func (l *Limiter) connect(id cID, nowMs uint64, at bool) (*Conn, Decision) {
+func (l *Limiter) connect(id cID, nowMs uint64, at bool) (_ *Conn, dec Decision) {
 	g := l.enter()
 	if g == nil {
 		return nil, refused(ErrClosed)
@@ -156,16 +156,13 @@ func (l *Limiter) connect(id cID, nowMs uint64, at bool) (*Conn, Decision) {
 		h = cConnect(l.ptr, id, &d)
 	}
 	l.leave(g)
-	return l.conn(decisionFromC(&d), h)
-}
-
-func (l *Limiter) conn(d Decision, h uint64) (*Conn, Decision) {
-	if !d.Allowed || h == 0 {
+	setFromC(&dec, &d)
+	if !dec.Allowed || h == 0 {
 		// h == 0 while allowed: fail-open with even the connection slab
 		// full. The connect is allowed untracked and there is nothing to close.
-		return nil, d
+		return nil, dec
 	}
-	return &Conn{h: h, lim: l}, d
+	return &Conn{h: h, lim: l}, dec
 }
 
 // CheckKey checks one message of size bytes against a key's aggregate limits
@@ -194,7 +191,7 @@ func (l *Limiter) CheckKeyBytes(key []byte, size int) Decision {
 
 // checkKey is the body of the CheckKey forms: the engine's clock, or nowMs
 // when at is set. The caller keeps the key alive until it returns.
-func (l *Limiter) checkKey(key cID, size int, nowMs uint64, at bool) Decision {
+func (l *Limiter) checkKey(key cID, size int, nowMs uint64, at bool) (dec Decision) {
 	if size < 0 {
 		return refused(ErrNegativeSize)
 	}
@@ -209,7 +206,8 @@ func (l *Limiter) checkKey(key cID, size int, nowMs uint64, at bool) Decision {
 		cCheckKey(l.ptr, key, uint64(size), &d)
 	}
 	l.leave(g)
-	return decisionFromC(&d)
+	setFromC(&dec, &d)
+	return dec
 }
 
 // ClientConnections is the number of live connections of clientID (0 when

@@ -2,8 +2,8 @@
 # Tests of the Go binding (make test-go): builds the engine's static library,
 # then gofmt, go vet, go test -race over every package (unit tests through
 # cgo, httptest servers with real gorilla and coder clients on 127.0.0.1,
-# two processes sharing a region), a cgocheck2 pass over the cgo package, and
-# the chat demo.
+# two processes sharing a region), a cgocheck2 pass over the cgo package,
+# both again with -tags ratethrottle_cgocall (calls.go), and the chat demo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 HERE="$(pwd)"
@@ -46,8 +46,9 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 
-say "go vet ./..."
+say "go vet ./... (and with -tags ratethrottle_cgocall)"
 go vet ./...
+go vet -tags ratethrottle_cgocall ./...
 
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
@@ -72,6 +73,11 @@ run_tests "go test -race ./..." go test -race -count=1 -timeout 300s -v ./...
 # The cgo pointer checks of GOEXPERIMENT=cgocheck2 (no Go pointer kept by C)
 # over the package that makes every cgo call (the adapters only call it).
 run_tests "GOEXPERIMENT=cgocheck2 go test ." env GOEXPERIMENT=cgocheck2 go test -count=1 -timeout 300s -v .
+# The hot calls run through asmcgocall by default (calls.go); the same unit
+# tests again with every hot call a plain cgo call, under the race detector
+# and cgocheck2.
+run_tests "go test -race -tags ratethrottle_cgocall ." go test -race -tags ratethrottle_cgocall -count=1 -timeout 300s -v .
+run_tests "GOEXPERIMENT=cgocheck2 go test -tags ratethrottle_cgocall ." env GOEXPERIMENT=cgocheck2 go test -tags ratethrottle_cgocall -count=1 -timeout 300s -v .
 
 say "go run ./examples/chat -demo"
 if ! go run ./examples/chat -demo; then
