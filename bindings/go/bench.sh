@@ -20,7 +20,7 @@ OUT="$(mktemp)"
 trap 'rm -f "$OUT"' EXIT
 # BENCH_TAGS=ratethrottle_cgocall: the hot calls as plain cgo calls
 # (calls.go); by default they run through asmcgocall.
-echo "hot calls: ${BENCH_TAGS:+-tags $BENCH_TAGS}${BENCH_TAGS:-asmcgocall (default)}"
+if [ -n "${BENCH_TAGS:-}" ]; then echo "go test -tags $BENCH_TAGS"; else echo "hot calls: asmcgocall (the default)"; fi
 go test -tags "${BENCH_TAGS:-}" -run '^$' -bench . -benchmem -cpu 2 -count "${BENCH_COUNT:-3}" -benchtime "${BENCH_TIME:-1s}" . | tee "$OUT"
 uptime
 

@@ -2,7 +2,10 @@
 
 package ratethrottle
 
-import "unsafe"
+import (
+	"runtime"
+	"unsafe"
+)
 
 // How the hot calls (connect, disconnect, message and key checks) reach
 // C: on the thread's system stack through runtime.asmcgocall, the stack
@@ -28,11 +31,13 @@ import "unsafe"
 //go:noescape
 func asmcgocall(fn, arg unsafe.Pointer) int32
 
-// call runs the shim fn on c, which lives on the caller's stack.
+// call runs the shim fn on c, which lives on the caller's stack, and keeps
+// the memory c.id points into alive until the shim has returned.
 func call(fn unsafe.Pointer, c *cCall) {
 	if c.len > fastIDMax {
 		cgoInvoke(fn, c)
-		return
+	} else {
+		asmcgocall(fn, unsafe.Pointer(c))
 	}
-	asmcgocall(fn, unsafe.Pointer(c))
+	runtime.KeepAlive(c.id)
 }

@@ -2,10 +2,17 @@
 
 package ratethrottle
 
-import "unsafe"
+import (
+	"runtime"
+	"unsafe"
+)
 
 // With -tags ratethrottle_cgocall every hot call is a plain cgo call
 // (calls.go describes the default).
 
-// call runs the shim fn on c, which lives on the caller's stack.
-func call(fn unsafe.Pointer, c *cCall) { cgoInvoke(fn, c) }
+// call runs the shim fn on c, which lives on the caller's stack, and keeps
+// the memory c.id points into alive until the shim has returned.
+func call(fn unsafe.Pointer, c *cCall) {
+	cgoInvoke(fn, c)
+	runtime.KeepAlive(c.id)
+}

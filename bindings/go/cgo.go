@@ -154,9 +154,9 @@ func idPtr(s string) cID {
 	return cID{(*C.uint8_t)(unsafe.Pointer(unsafe.StringData(s))), C.size_t(len(s))}
 }
 
-func idPtrBytes(b []byte) cID {
-	return cID{(*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(b))), C.size_t(len(b))}
-}
+// bytesID is b as a string without a copy, for the []byte forms of the
+// calls: the engine reads the bytes during the call only.
+func bytesID(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // setFromC sets *dst, field by field, from a decision the engine wrote into
 // a Go stack variable. The hot calls return their Decision through a named

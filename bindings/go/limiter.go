@@ -121,29 +121,26 @@ func (l *Limiter) Close() error {
 // including "" and strings with NUL bytes or invalid UTF-8 (compared as
 // bytes). The Conn is nil when denied; when allowed the caller must Close it.
 func (l *Limiter) Connect(clientID string) (*Conn, Decision) {
-	c, d := l.connect(idPtr(clientID), 0, false)
-	runtime.KeepAlive(clientID)
-	return c, d
+	return l.connect(clientID, 0, false)
 }
 
 // ConnectAt is Connect with the caller's monotonic clock in ms (a fake clock
 // in tests, or a host's own). Use one clock consistently for one limiter.
 func (l *Limiter) ConnectAt(clientID string, nowMs uint64) (*Conn, Decision) {
-	c, d := l.connect(idPtr(clientID), nowMs, true)
-	runtime.KeepAlive(clientID)
-	return c, d
+	return l.connect(clientID, nowMs, true)
 }
 
 // ConnectBytes is Connect with a []byte id; nil and empty are the empty id.
 func (l *Limiter) ConnectBytes(clientID []byte) (*Conn, Decision) {
-	c, d := l.connect(idPtrBytes(clientID), 0, false)
-	runtime.KeepAlive(clientID)
-	return c, d
+	return l.connect(bytesID(clientID), 0, false)
 }
 
 // connect is the body of the Connect forms: the engine's clock, or nowMs
-// when at is set. The caller keeps the id alive until it returns.
-func (l *Limiter) connect(id cID, nowMs uint64, at bool) (_ *Conn, dec Decision) {
+// when at is set. call() keeps id's bytes alive until the engine has
+// returned. The Connect forms stay small enough to be inlined into their
+// callers: a Decision returned through one more call is copied through
+// memory once more.
+func (l *Limiter) connect(id string, nowMs uint64, at bool) (_ *Conn, dec Decision) {
 	g := l.enter()
 	if g == nil {
 		return nil, refused(ErrClosed)
@@ -151,9 +148,9 @@ func (l *Limiter) connect(id cID, nowMs uint64, at bool) (_ *Conn, dec Decision)
 	var d cDecision
 	var h uint64
 	if at {
-		h = cConnectAt(l.ptr, id, nowMs, &d)
+		h = cConnectAt(l.ptr, idPtr(id), nowMs, &d)
 	} else {
-		h = cConnect(l.ptr, id, &d)
+		h = cConnect(l.ptr, idPtr(id), &d)
 	}
 	l.leave(g)
 	setFromC(&dec, &d)
@@ -170,28 +167,23 @@ func (l *Limiter) connect(id cID, nowMs uint64, at bool) (_ *Conn, dec Decision)
 // Keys and client ids share one table: prefix keys that could collide
 // ("room:lobby"). A negative size is refused (ErrNegativeSize).
 func (l *Limiter) CheckKey(key string, size int) Decision {
-	d := l.checkKey(idPtr(key), size, 0, false)
-	runtime.KeepAlive(key)
-	return d
+	return l.checkKey(key, size, 0, false)
 }
 
 // CheckKeyAt is CheckKey with the caller's clock.
 func (l *Limiter) CheckKeyAt(key string, size int, nowMs uint64) Decision {
-	d := l.checkKey(idPtr(key), size, nowMs, true)
-	runtime.KeepAlive(key)
-	return d
+	return l.checkKey(key, size, nowMs, true)
 }
 
 // CheckKeyBytes is CheckKey with a []byte key; nil and empty are the empty key.
 func (l *Limiter) CheckKeyBytes(key []byte, size int) Decision {
-	d := l.checkKey(idPtrBytes(key), size, 0, false)
-	runtime.KeepAlive(key)
-	return d
+	return l.checkKey(bytesID(key), size, 0, false)
 }
 
 // checkKey is the body of the CheckKey forms: the engine's clock, or nowMs
-// when at is set. The caller keeps the key alive until it returns.
-func (l *Limiter) checkKey(key cID, size int, nowMs uint64, at bool) (dec Decision) {
+// when at is set. call() keeps key's bytes alive until the engine has
+// returned.
+func (l *Limiter) checkKey(key string, size int, nowMs uint64, at bool) (dec Decision) {
 	if size < 0 {
 		return refused(ErrNegativeSize)
 	}
@@ -201,9 +193,9 @@ func (l *Limiter) checkKey(key cID, size int, nowMs uint64, at bool) (dec Decisi
 	}
 	var d cDecision
 	if at {
-		cCheckKeyAt(l.ptr, key, uint64(size), nowMs, &d)
+		cCheckKeyAt(l.ptr, idPtr(key), uint64(size), nowMs, &d)
 	} else {
-		cCheckKey(l.ptr, key, uint64(size), &d)
+		cCheckKey(l.ptr, idPtr(key), uint64(size), &d)
 	}
 	l.leave(g)
 	setFromC(&dec, &d)
