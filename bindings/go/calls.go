@@ -24,8 +24,11 @@ import (
 // that hashing a huge id never holds a P, or delays a stop-the-world, for
 // long.
 //
-// Build with -tags ratethrottle_cgocall to make every call a plain cgo
-// call (calls_cgo.go), for instance if a Go release stops linking this.
+// asmcgocall is not a promised API: Go 1.26's linker accepts this
+// linkname because the function is written in assembly (go.dev/issue/67401).
+// If a later Go refuses it, the link fails naming runtime.asmcgocall; build
+// with -tags ratethrottle_cgocall to make every call a plain cgo call
+// (calls_cgo.go).
 
 //go:linkname asmcgocall runtime.asmcgocall
 //go:noescape
