@@ -319,7 +319,8 @@ func cUpdateLimits(p *C.rt_limiter, l Limits) (uint32, string) {
 
 func cReapDead(p *C.rt_limiter) int { return int(C.rt_reap_dead(p)) }
 
-// lp passes the engine handle to the shims as an integer. A pointer argument
+// lp passes the engine handle to a cgo shim as an integer (the benchmarks'
+// loop; the hot calls pass it in their record). A pointer argument
 // of an opaque C type makes cgo call cgoCheckPointer on every call (it
 // cannot tell that the type holds no Go pointers); the handle is memory the
 // engine allocated (or a region in an mmap-ed file), never Go memory, so
@@ -328,10 +329,9 @@ func lp(p *C.rt_limiter) C.uintptr_t { return C.uintptr_t(uintptr(unsafe.Pointer
 
 // The hot calls write the engine's decision into *out, a variable on the
 // caller's stack (noescape keeps it there); the caller converts it with
-// decisionFromC once, after leaving the in-flight guard, so that the
-// Decision is built once, in place, instead of being copied through every
-// return. Each fills in a call record on its stack and runs a shim with
-// call() (calls.go).
+// setFromC once, after leaving the in-flight guard, into its named result.
+// Each fills in a call record on its stack and runs a shim with call()
+// (calls.go).
 
 // cCall is one hot call's record (rtg_call).
 type cCall = C.rtg_call
