@@ -146,7 +146,7 @@ func BenchmarkCheckMessageAtRaw(b *testing.B) {
 	stop := threadCPUTimer(b)
 	for i := 0; i < b.N; i++ {
 		var d cDecision
-		cCheckMessageAt(lim.ptr, h, 64, uint64(i/1000), &d)
+		cCheckMessage(lim.ptr, h, 64, uint64(i/1000), true, &d)
 		if !bool(d.allowed) {
 			denied++
 		}

@@ -357,24 +357,17 @@ const fastIDMax = 4096
 // pointers to Go memory: the id bytes and the decision variable).
 func cgoInvoke(fn unsafe.Pointer, c *cCall) { C.rtg_invoke((*[0]byte)(fn), unsafe.Pointer(c)) }
 
-func cConnect(p *C.rt_limiter, id cID, out *cDecision) uint64 {
-	var c cCall
-	c.lim = p
-	c.id = id.p
-	c.len = id.n
-	c.out = out
-	call(fnConnect, &c)
-	return uint64(c.conn)
-}
+// cConnect, cCheckMessage and cCheckKey read the engine's clock, or pass
+// nowMs when at is set (the _at shims).
 
-func cConnectAt(p *C.rt_limiter, id cID, nowMs uint64, out *cDecision) uint64 {
+func cConnect(p *C.rt_limiter, id cID, nowMs uint64, at bool, out *cDecision) uint64 {
 	var c cCall
 	c.lim = p
 	c.id = id.p
 	c.len = id.n
 	c.now_ms = C.uint64_t(nowMs)
 	c.out = out
-	call(fnConnectAt, &c)
+	call(pick(at, fnConnectAt, fnConnect), &c)
 	return uint64(c.conn)
 }
 
@@ -385,36 +378,17 @@ func cDisconnect(p *C.rt_limiter, h uint64) {
 	call(fnDisconnect, &c)
 }
 
-func cCheckMessage(p *C.rt_limiter, h uint64, size uint64, out *cDecision) {
-	var c cCall
-	c.lim = p
-	c.conn = C.rt_conn(h)
-	c.size = C.uint64_t(size)
-	c.out = out
-	call(fnCheckMessage, &c)
-}
-
-func cCheckMessageAt(p *C.rt_limiter, h uint64, size, nowMs uint64, out *cDecision) {
+func cCheckMessage(p *C.rt_limiter, h uint64, size, nowMs uint64, at bool, out *cDecision) {
 	var c cCall
 	c.lim = p
 	c.conn = C.rt_conn(h)
 	c.size = C.uint64_t(size)
 	c.now_ms = C.uint64_t(nowMs)
 	c.out = out
-	call(fnCheckMessageAt, &c)
+	call(pick(at, fnCheckMessageAt, fnCheckMessage), &c)
 }
 
-func cCheckKey(p *C.rt_limiter, k cID, size uint64, out *cDecision) {
-	var c cCall
-	c.lim = p
-	c.id = k.p
-	c.len = k.n
-	c.size = C.uint64_t(size)
-	c.out = out
-	call(fnCheckKey, &c)
-}
-
-func cCheckKeyAt(p *C.rt_limiter, k cID, size, nowMs uint64, out *cDecision) {
+func cCheckKey(p *C.rt_limiter, k cID, size, nowMs uint64, at bool, out *cDecision) {
 	var c cCall
 	c.lim = p
 	c.id = k.p
@@ -422,7 +396,14 @@ func cCheckKeyAt(p *C.rt_limiter, k cID, size, nowMs uint64, out *cDecision) {
 	c.size = C.uint64_t(size)
 	c.now_ms = C.uint64_t(nowMs)
 	c.out = out
-	call(fnCheckKeyAt, &c)
+	call(pick(at, fnCheckKeyAt, fnCheckKey), &c)
+}
+
+func pick(at bool, withClock, withoutClock unsafe.Pointer) unsafe.Pointer {
+	if at {
+		return withClock
+	}
+	return withoutClock
 }
 
 // emptyCall runs an empty shim the way the hot calls run theirs

@@ -66,11 +66,7 @@ func (c *Conn) checkMessage(size int, nowMs uint64, at bool) (dec Decision) {
 		return refused(ErrClosed)
 	}
 	var d cDecision
-	if at {
-		cCheckMessageAt(l.ptr, atomic.LoadUint64(&c.h), uint64(size), nowMs, &d)
-	} else {
-		cCheckMessage(l.ptr, atomic.LoadUint64(&c.h), uint64(size), &d)
-	}
+	cCheckMessage(l.ptr, atomic.LoadUint64(&c.h), uint64(size), nowMs, at, &d)
 	l.leave(g)
 	setFromC(&dec, &d)
 	return dec

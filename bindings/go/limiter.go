@@ -146,12 +146,7 @@ func (l *Limiter) connect(id string, nowMs uint64, at bool) (_ *Conn, dec Decisi
 		return nil, refused(ErrClosed)
 	}
 	var d cDecision
-	var h uint64
-	if at {
-		h = cConnectAt(l.ptr, idPtr(id), nowMs, &d)
-	} else {
-		h = cConnect(l.ptr, idPtr(id), &d)
-	}
+	h := cConnect(l.ptr, idPtr(id), nowMs, at, &d)
 	l.leave(g)
 	setFromC(&dec, &d)
 	if !dec.Allowed || h == 0 {
@@ -192,11 +187,7 @@ func (l *Limiter) checkKey(key string, size int, nowMs uint64, at bool) (dec Dec
 		return refused(ErrClosed)
 	}
 	var d cDecision
-	if at {
-		cCheckKeyAt(l.ptr, idPtr(key), uint64(size), nowMs, &d)
-	} else {
-		cCheckKey(l.ptr, idPtr(key), uint64(size), &d)
-	}
+	cCheckKey(l.ptr, idPtr(key), uint64(size), nowMs, at, &d)
 	l.leave(g)
 	setFromC(&dec, &d)
 	return dec
