@@ -17,8 +17,8 @@ import (
 // other than reading the clock (and, once per process, reading
 // /proc/self/stat for the process token, which a limiter that formats its
 // region has done already), and they never call back into Go (the
-// nocallback notes in cgo.go). While one runs, its goroutine
-// keeps its P and cannot be preempted, as in any short Go loop.
+// nocallback notes in cgo.go). While one runs, its goroutine keeps its P
+// and cannot be preempted, as in any short Go loop.
 //
 // Ids and keys longer than fastIDMax bytes go through a plain cgo call, so
 // that hashing a huge id never holds a P, or delays a stop-the-world, for
