@@ -11,7 +11,8 @@ import (
 // C: on the thread's system stack through runtime.asmcgocall, the stack
 // switch a cgo call makes, without the entersyscall/exitsyscall that a cgo
 // call adds around it (about 30 ns a call here; BENCHMARKS.md). The Go
-// runtime makes its own short C calls this way (on darwin, every libc
+// runtime makes its own short C calls this way (on Linux with cgo, the C
+// setenv behind os.Setenv, runtime/env_posix.go; on darwin, every libc
 // call). It is sound for these shims because they are short and never
 // block: the engine's hot path takes no lock and makes no system call
 // other than reading the clock (and, once per process, reading
