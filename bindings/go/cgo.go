@@ -159,12 +159,10 @@ func idPtr(s string) cID {
 func bytesID(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // setFromC sets *dst, field by field, from a decision the engine wrote into
-// a Go stack variable. The hot calls return their Decision through a named
-// result filled in this way: Decision has too many fields for the compiler
-// to keep in registers, and a composite literal is built in a temporary
-// and then copied with 16-byte moves, which read back the temporary's
-// narrower stores before they reach the cache (a stalled store-to-load
-// forwarding: several ns per copy on the machine of BENCHMARKS.md).
+// a Go stack variable. dst is the hot call's caller's own variable (see
+// Conn.checkMessage): a composite literal would be built in a temporary
+// and copied with 16-byte moves, whose loads wait for the temporary's
+// narrower stores to reach the cache (a stalled store-to-load forwarding).
 func setFromC(dst *Decision, d *C.rt_decision) {
 	dst.Allowed = bool(d.allowed)
 	dst.Reason = Reason(d.reason)
@@ -329,7 +327,7 @@ func lp(p *C.rt_limiter) C.uintptr_t { return C.uintptr_t(uintptr(unsafe.Pointer
 
 // The hot calls write the engine's decision into *out, a variable on the
 // caller's stack (noescape keeps it there); the caller converts it with
-// setFromC once, after leaving the in-flight guard, into its named result.
+// setFromC once, after leaving the in-flight guard, into its result.
 // Each fills in a call record on its stack and runs a shim with call()
 // (calls.go).
 

@@ -120,77 +120,85 @@ func (l *Limiter) Close() error {
 // window, decided and registered as one atomic step. Any string is an id,
 // including "" and strings with NUL bytes or invalid UTF-8 (compared as
 // bytes). The Conn is nil when denied; when allowed the caller must Close it.
-func (l *Limiter) Connect(clientID string) (*Conn, Decision) {
-	return l.connect(clientID, 0, false)
+func (l *Limiter) Connect(clientID string) (c *Conn, d Decision) {
+	c = l.connect(&d, clientID, 0, false)
+	return c, d
 }
 
 // ConnectAt is Connect with the caller's monotonic clock in ms (a fake clock
 // in tests, or a host's own). Use one clock consistently for one limiter.
-func (l *Limiter) ConnectAt(clientID string, nowMs uint64) (*Conn, Decision) {
-	return l.connect(clientID, nowMs, true)
+func (l *Limiter) ConnectAt(clientID string, nowMs uint64) (c *Conn, d Decision) {
+	c = l.connect(&d, clientID, nowMs, true)
+	return c, d
 }
 
 // ConnectBytes is Connect with a []byte id; nil and empty are the empty id.
-func (l *Limiter) ConnectBytes(clientID []byte) (*Conn, Decision) {
-	return l.connect(bytesID(clientID), 0, false)
+func (l *Limiter) ConnectBytes(clientID []byte) (c *Conn, d Decision) {
+	c = l.connect(&d, bytesID(clientID), 0, false)
+	return c, d
 }
 
 // connect is the body of the Connect forms: the engine's clock, or nowMs
-// when at is set. call() keeps id's bytes alive until the engine has
-// returned. The Connect forms stay small enough to be inlined into their
-// callers: a Decision returned through one more call is copied through
-// memory once more.
-func (l *Limiter) connect(id string, nowMs uint64, at bool) (_ *Conn, dec Decision) {
+// when at is set. It fills in *dec, the caller's result (see
+// Conn.checkMessage). call() keeps id's bytes alive until the engine has
+// returned.
+func (l *Limiter) connect(dec *Decision, id string, nowMs uint64, at bool) *Conn {
 	g := l.enter()
 	if g == nil {
-		return nil, refused(ErrClosed)
+		*dec = refused(ErrClosed)
+		return nil
 	}
 	var d cDecision
 	h := cConnect(l.ptr, idPtr(id), nowMs, at, &d)
 	l.leave(g)
-	setFromC(&dec, &d)
+	setFromC(dec, &d)
 	if !dec.Allowed || h == 0 {
 		// h == 0 while allowed: fail-open with even the connection slab
 		// full. The connect is allowed untracked and there is nothing to close.
-		return nil, dec
+		return nil
 	}
-	return &Conn{h: h, lim: l}, dec
+	return &Conn{h: h, lim: l}
 }
 
 // CheckKey checks one message of size bytes against a key's aggregate limits
 // (ClientMessagesPerWindow, ClientBytesPerWindow): a room, a channel, a user.
 // Keys and client ids share one table: prefix keys that could collide
 // ("room:lobby"). A negative size is refused (ErrNegativeSize).
-func (l *Limiter) CheckKey(key string, size int) Decision {
-	return l.checkKey(key, size, 0, false)
+func (l *Limiter) CheckKey(key string, size int) (d Decision) {
+	l.checkKey(&d, key, size, 0, false)
+	return d
 }
 
 // CheckKeyAt is CheckKey with the caller's clock.
-func (l *Limiter) CheckKeyAt(key string, size int, nowMs uint64) Decision {
-	return l.checkKey(key, size, nowMs, true)
+func (l *Limiter) CheckKeyAt(key string, size int, nowMs uint64) (d Decision) {
+	l.checkKey(&d, key, size, nowMs, true)
+	return d
 }
 
 // CheckKeyBytes is CheckKey with a []byte key; nil and empty are the empty key.
-func (l *Limiter) CheckKeyBytes(key []byte, size int) Decision {
-	return l.checkKey(bytesID(key), size, 0, false)
+func (l *Limiter) CheckKeyBytes(key []byte, size int) (d Decision) {
+	l.checkKey(&d, bytesID(key), size, 0, false)
+	return d
 }
 
 // checkKey is the body of the CheckKey forms: the engine's clock, or nowMs
-// when at is set. call() keeps key's bytes alive until the engine has
+// when at is set. It fills in *dec, the caller's result (see
+// Conn.checkMessage). call() keeps key's bytes alive until the engine has
 // returned.
-func (l *Limiter) checkKey(key string, size int, nowMs uint64, at bool) (dec Decision) {
+func (l *Limiter) checkKey(dec *Decision, key string, size int, nowMs uint64, at bool) {
 	if size < 0 {
-		return refused(ErrNegativeSize)
+		*dec = refused(ErrNegativeSize)
+		return
 	}
 	g := l.enter()
 	if g == nil {
-		return refused(ErrClosed)
+		*dec = refused(ErrClosed)
+		return
 	}
 	var d cDecision
 	cCheckKey(l.ptr, idPtr(key), uint64(size), nowMs, at, &d)
 	l.leave(g)
-	setFromC(&dec, &d)
-	return dec
+	setFromC(dec, &d)
 }
 
 // ClientConnections is the number of live connections of clientID (0 when
