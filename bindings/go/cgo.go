@@ -143,8 +143,9 @@ func checkMessageAtLoop(p *C.rt_limiter, h uint64, size, t0 uint64, n int) int {
 }
 
 // cID is the (pointer, length) pair of an id or key. An empty one may have
-// a nil pointer: (NULL, 0) is the valid empty id of the C ABI. The caller
-// keeps the Go value alive (runtime.KeepAlive) until the C call returns.
+// a nil pointer: (NULL, 0) is the valid empty id of the C ABI. The Go value
+// must stay alive until the C call returns: call() sees to it for the hot
+// calls; other callers use runtime.KeepAlive.
 type cID struct {
 	p *C.uint8_t
 	n C.size_t
