@@ -413,6 +413,27 @@ fn bench_keys_100k(c: &mut Criterion) {
         assert!(gov.check_key(k).is_ok());
     }
     let direct: DefaultDirectRateLimiter = RateLimiter::direct(Quota::per_second(nz(GOVERNOR_UNBOUNDED)));
+    // connect + disconnect over the same 100k ids as known clients, on a
+    // limiter of the same size whose connection limits the run never
+    // reaches (each id connects once per fake ms; 1_000_000 a window).
+    let conn_lim = Limiter::new(&Limits {
+        connections_per_window: 1_000_000,
+        max_concurrent_connections: 10,
+        ..key_limits(131_072)
+    })
+    .expect("limiter");
+    let conn_ids: Vec<Id> = ids
+        .iter()
+        .filter(|k| {
+            let (d, conn) = conn_lim.connect_at(&k[..], start);
+            if let Some(conn) = conn {
+                conn_lim.disconnect(conn);
+            }
+            d.allowed
+        })
+        .copied()
+        .collect();
+    println!("setup keys_100k: {} of the {KEYS} ids connected as known clients", conn_ids.len());
 
     let mut g = Scenario::new(c, "keys_100k", 5, 60);
     // The fake clock moves 1 ms per pass over the keys (each key is then hit
@@ -451,6 +472,23 @@ fn bench_keys_100k(c: &mut Criterion) {
     });
     g.bench("governor_direct_check", 1, |b, tally| {
         b.iter_custom(|iters| run(iters, tally, |_| direct.check().is_ok()))
+    });
+    let (mut next, mut now) = (0usize, start);
+    g.bench("ratethrottle_connect_at_disconnect", 1, |b, tally| {
+        b.iter_custom(|iters| {
+            run(iters, tally, |_| {
+                next += 1;
+                if next == conn_ids.len() {
+                    next = 0;
+                    now += 1;
+                }
+                let (d, conn) = conn_lim.connect_at(black_box(&conn_ids[next]), now);
+                if let Some(conn) = conn {
+                    conn_lim.disconnect(conn);
+                }
+                d.allowed
+            })
+        })
     });
     // Floors (information): a key check's memory traffic alone, on the same
     // keys in the same order, in the engine's table layout (its 2 * 131072
