@@ -2,6 +2,7 @@ package ratethrottle
 
 import (
 	"fmt"
+	mathrand "math/rand/v2"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -268,9 +269,30 @@ func keys() []string {
 	return k
 }
 
+// The order in which the keyed benchmarks visit the keys: every key once
+// per pass. The peers are set up by inserting the keys in keys() order,
+// which lays the map's per-key limiters out in memory in that order; a
+// walk in the same order then reads them one after the other, which the
+// CPU prefetches. Clients do not arrive in the order their state was
+// allocated, so the measured benchmarks walk a fixed pseudo-random
+// permutation (shuffled); the InOrder ones keep the insertion order, to
+// show what that locality is worth.
+func keyOrder(shuffled bool) []int {
+	order := make([]int, benchKeys)
+	for i := range order {
+		order[i] = i
+	}
+	if shuffled {
+		r := mathrand.New(mathrand.NewPCG(1, 2))
+		r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	}
+	return order
+}
+
 // Keyed checks from 2 goroutines (run with -cpu 2: GOMAXPROCS=2, one
-// goroutine per P), each walking the 10k keys from its own offset.
-func runParallelKeyed(b *testing.B, check func(key string) bool) {
+// goroutine per P), each walking the 10k keys in the given order from its
+// own offset (half a pass apart).
+func runParallelKeyed(b *testing.B, order []int, check func(key string) bool) {
 	ks := keys()
 	var offset atomic.Int64
 	var denied atomic.Int64
@@ -281,7 +303,7 @@ func runParallelKeyed(b *testing.B, check func(key string) bool) {
 		i := int(offset.Add(benchKeys/2)) % benchKeys
 		d := 0
 		for pb.Next() {
-			if !check(ks[i]) {
+			if !check(ks[order[i]]) {
 				d++
 			}
 			if i++; i == benchKeys {
@@ -297,28 +319,30 @@ func runParallelKeyed(b *testing.B, check func(key string) bool) {
 }
 
 // The same keyed work from one goroutine, to see how each scales to two.
-func BenchmarkKeyedSerial(b *testing.B) {
-	keyedCases(b, func(b *testing.B, check func(key string) bool) {
-		ks := keys()
-		denied := 0
-		stop := threadCPUTimer(b)
-		for i := 0; i < b.N; i++ {
-			if !check(ks[i%benchKeys]) {
-				denied++
-			}
+func runSerialKeyed(b *testing.B, order []int, check func(key string) bool) {
+	ks := keys()
+	denied := 0
+	stop := threadCPUTimer(b)
+	for i := 0; i < b.N; i++ {
+		if !check(ks[order[i%benchKeys]]) {
+			denied++
 		}
-		stop()
-		checkAllAllowed(b, denied)
-	})
+	}
+	stop()
+	checkAllAllowed(b, denied)
 }
 
-func BenchmarkKeyedParallel(b *testing.B) {
-	keyedCases(b, runParallelKeyed)
-}
+func BenchmarkKeyedSerial(b *testing.B)   { keyedCases(b, runSerialKeyed, keyOrder(true)) }
+func BenchmarkKeyedParallel(b *testing.B) { keyedCases(b, runParallelKeyed, keyOrder(true)) }
+
+// The same, walking the keys in the order the peers inserted them.
+func BenchmarkKeyedSerialInOrder(b *testing.B)   { keyedCases(b, runSerialKeyed, keyOrder(false)) }
+func BenchmarkKeyedParallelInOrder(b *testing.B) { keyedCases(b, runParallelKeyed, keyOrder(false)) }
 
 // keyedCases runs the keyed work of the engine and of its peer, each
-// through run (one goroutine or two).
-func keyedCases(b *testing.B, run func(b *testing.B, check func(key string) bool)) {
+// through run (one goroutine or two) over the keys in the given order.
+func keyedCases(b *testing.B, walk func(b *testing.B, order []int, check func(key string) bool), order []int) {
+	run := func(b *testing.B, check func(key string) bool) { walk(b, order, check) }
 	b.Run("ratethrottle-connect-close", func(b *testing.B) {
 		lim, err := New(keyedBenchLimits())
 		if err != nil {
