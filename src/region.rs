@@ -44,17 +44,19 @@ pub(crate) const SLOTS_PER_CLIENT: u32 = 2;
 pub(crate) const ALIGN: usize = 64;
 
 /// The statistics stripe and free-list lane of the calling thread (taken
-/// modulo their counts): its stack address and its process, hashed.
+/// modulo their counts): a hash of its stack address, plus its process id.
 /// Threads' stacks lie megabytes apart, so threads running at once mostly
 /// write different stripes and lanes instead of bouncing one cache line
 /// between their cores (choosing by slot index did: two threads on many
-/// clients wrote the same few stripes). The process token is mixed in
-/// because forked processes (nginx workers, pre-fork servers) run at the
-/// same stack addresses as their parent: by address alone every worker
-/// sharing a region wrote the same stripe and lane, and two workers made
-/// fewer connects per second together than one alone. A collision costs
-/// only speed; within one thread the hint may change with the stack depth,
-/// which is harmless too.
+/// clients wrote the same few stripes). The process id is added because
+/// forked processes (nginx workers, pre-fork servers) run at the same
+/// stack addresses as their parent: by address alone every worker sharing
+/// a region wrote the same stripe and lane, and two workers made fewer
+/// connects per second together than one alone. Added, not hashed: workers
+/// forked in a row have consecutive ids, so up to 16 of them take 16
+/// different stripes and lanes (hashed, some pair of 8 workers would share
+/// one most of the time). A collision costs only speed; within one thread
+/// the hint may change with the stack depth, which is harmless too.
 #[cfg(not(loom))]
 #[inline(always)]
 pub(crate) fn thread_hint() -> usize {
@@ -64,11 +66,11 @@ pub(crate) fn thread_hint() -> usize {
 }
 
 /// The hint of a stack address in a process (`clock::process` token: pid in
-/// the high 32 bits): 0 to 255.
+/// the high 32 bits): the address's hash (0 to 255) plus the pid.
 #[inline(always)]
 fn hint_of(stack_addr: usize, process: u64) -> usize {
-    let mixed = (stack_addr >> 16) as u64 ^ process ^ (process >> 32);
-    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
+    let hash = ((stack_addr >> 16) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
+    (hash + (process >> 32)) as usize
 }
 
 /// Under loom the hint must be the same in every explored execution (loom
@@ -990,8 +992,11 @@ mod tests {
     fn processes_at_one_stack_address_spread_over_lanes() {
         let stack = 0x7ffc_1234_5678_usize;
         let start = 0x0001_2345_u64; // low 32 bits of a start time, the same for all
-        let by_pid: HashSet<usize> = (4000..4008_u64).map(|pid| hint_of(stack, pid << 32 | start) % LANES).collect();
-        assert!(by_pid.len() >= 5, "8 processes on {} lanes: {by_pid:?}", by_pid.len());
+                                     // Forked in a row: consecutive pids, every one on its own lane (up to 16).
+        let by_pid: HashSet<usize> = (4000..4016_u64).map(|pid| hint_of(stack, pid << 32 | start) % LANES).collect();
+        assert_eq!(by_pid.len(), 16, "16 processes on {} lanes: {by_pid:?}", by_pid.len());
+        let by_pid: HashSet<usize> = (4000..4016_u64).map(|pid| hint_of(stack, pid << 32 | start) % STRIPES).collect();
+        assert_eq!(by_pid.len(), 16, "16 processes on {} stripes: {by_pid:?}", by_pid.len());
         // Threads of one process: stacks some megabytes apart.
         let by_stack: HashSet<usize> =
             (0..8).map(|i| hint_of(stack + i * (8 << 20), 4000 << 32 | start) % STRIPES).collect();
