@@ -991,8 +991,9 @@ mod tests {
     #[test]
     fn processes_at_one_stack_address_spread_over_lanes() {
         let stack = 0x7ffc_1234_5678_usize;
-        let start = 0x0001_2345_u64; // low 32 bits of a start time, the same for all
-                                     // Forked in a row: consecutive pids, every one on its own lane (up to 16).
+        // The low 32 bits of a start time, the same for all.
+        let start = 0x0001_2345_u64;
+        // Forked in a row: consecutive pids, every one on its own lane (up to 16).
         let by_pid: HashSet<usize> = (4000..4016_u64).map(|pid| hint_of(stack, pid << 32 | start) % LANES).collect();
         assert_eq!(by_pid.len(), 16, "16 processes on {} lanes: {by_pid:?}", by_pid.len());
         let by_pid: HashSet<usize> = (4000..4016_u64).map(|pid| hint_of(stack, pid << 32 | start) % STRIPES).collect();
