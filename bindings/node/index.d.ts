@@ -166,7 +166,8 @@ export declare class Limiter extends EventEmitter {
   stats(): Stats;
   prometheus(): string;
   limits(): Limits;
-  updateLimits(options: Partial<Limits>): void;
+  /** Changes limits at run time; the capacities (maxClients, maxConnections) cannot change. */
+  updateLimits(options: Partial<Omit<Limits, 'maxClients' | 'maxConnections'>>): void;
   reapDead(): number;
   drainViolations(): Violation[];
   close(): void;

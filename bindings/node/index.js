@@ -6,7 +6,7 @@
 // data) and builds decision objects. Every decision comes from the engine.
 
 const { EventEmitter } = require('node:events');
-const { isArrayBuffer, isSharedArrayBuffer } = require('node:util').types;
+const { isArrayBuffer, isSharedArrayBuffer, isUint8Array } = require('node:util').types;
 const native = require('./lib/native.js');
 const { clientKey } = require('./lib/client-key.js');
 
@@ -20,6 +20,7 @@ const OPTION_NAMES = Object.freeze(Object.keys(native.presets.default));
 const EXTRA_OPTIONS = ['sharedPath', 'violationPollMs'];
 const DEFAULT_VIOLATION_POLL_MS = 1000;
 const DRAIN_BATCH = 1024;
+const MAX_TIMER_MS = 2 ** 31 - 1; // the longest interval setInterval honours
 // Scratch slots the message path reads its arguments from (src/lib.rs).
 const IN_LO = 8;
 const IN_HI = 9;
@@ -30,6 +31,7 @@ const kCreate = Symbol('ratethrottle.create');
 
 function typeName(v) {
   if (v === null) return 'null';
+  if (v === undefined) return 'undefined';
   if (typeof v === 'object') return v.constructor && v.constructor.name ? `an instance of ${v.constructor.name}` : 'an object';
   if (typeof v === 'string') return `a string`;
   return `${typeof v} ${String(v)}${typeof v === 'bigint' ? 'n' : ''}`;
@@ -53,8 +55,9 @@ function closedError(what) {
   return e;
 }
 
-/** A byte count or clock value: an integer from 0 to 2^53 - 1. */
+/** A byte count or clock value: an integer from 0 to 2^53 - 1 (a non-number is a TypeError). */
 function checkInteger(n, what) {
+  if (typeof n !== 'number') throw typeError(`${what} must be a number; got ${typeName(n)}`);
   if (!Number.isSafeInteger(n) || n < 0) {
     throw rangeError(`${what} must be an integer from 0 to 2^53 - 1 (Number.MAX_SAFE_INTEGER), got ${n}`);
   }
@@ -70,7 +73,13 @@ function byteSize(data) {
   if (typeof data === 'number') return checkInteger(data, 'message size');
   if (typeof data === 'string') return Buffer.byteLength(data, 'utf8');
   if (ArrayBuffer.isView(data)) {
-    const n = data.byteLength;
+    let n;
+    try {
+      n = data.byteLength;
+    } catch {
+      // V8 throws for a DataView whose buffer was detached or shrunk past it.
+      throw typeError('message data is a DataView out of its ArrayBuffer (detached or shrunk)');
+    }
     if (n === 0 && native.isDetached(data.buffer)) throw typeError('message data is a view of a detached ArrayBuffer');
     return n;
   }
@@ -86,8 +95,17 @@ function byteSize(data) {
   );
 }
 
+/** `violationPollMs`: a whole number of ms from 0 (no polling) to 2^31 - 1. */
+function checkPollMs(ms) {
+  if (typeof ms !== 'number') throw typeError(`violationPollMs must be a number; got ${typeName(ms)}`);
+  if (!Number.isInteger(ms) || ms < 0 || ms > MAX_TIMER_MS) {
+    throw rangeError(`violationPollMs must be an integer from 0 (no polling) to ${MAX_TIMER_MS}, got ${ms}`);
+  }
+}
+
 function checkId(id, what) {
-  if (typeof id === 'string' || id instanceof Uint8Array) return id;
+  // isUint8Array also holds for Buffers and for Uint8Arrays of other realms (vm contexts).
+  if (typeof id === 'string' || isUint8Array(id)) return id;
   throw typeError(`${what} must be a string, a Buffer or a Uint8Array; got ${typeName(id)}`);
 }
 
@@ -147,6 +165,13 @@ class Core {
   }
 
   drainNow() {
+    const all = this.take();
+    this.emitAll(all);
+    return all;
+  }
+
+  /** Reads every violation record waiting in the engine (none once closed). */
+  take() {
     if (this.closed) return [];
     const all = [];
     for (;;) {
@@ -154,19 +179,39 @@ class Core {
       for (const v of batch) all.push(v);
       if (batch.length < DRAIN_BATCH) break;
     }
-    if (this.emitter.listenerCount('violation') > 0) {
-      for (const v of all) this.emitter.emit('violation', v);
-    }
     return all;
+  }
+
+  /**
+   * Emits each record as 'violation'. A listener that throws does not cost
+   * the records after it: all are emitted, then the first error is thrown.
+   */
+  emitAll(records) {
+    if (records.length === 0 || this.emitter.listenerCount('violation') === 0) return;
+    let failed = null;
+    for (const v of records) {
+      try {
+        this.emitter.emit('violation', v);
+      } catch (err) {
+        failed ??= { err };
+      }
+    }
+    if (failed !== null) throw failed.err;
   }
 
   startPolling() {
     if (this.timer === null && !this.closed && this.pollMs > 0) {
-      this.timer = setInterval(() => {
-        if (this.emitter.listenerCount('violation') === 0) this.stopPolling();
-        else this.drainNow();
+      // The timer holds the core weakly: a limiter dropped without close()
+      // is still collected (its engine memory freed), and the timer stops.
+      const ref = new WeakRef(this);
+      const timer = setInterval(() => {
+        const core = ref.deref();
+        if (core === undefined) clearInterval(timer);
+        else if (core.emitter.listenerCount('violation') === 0) core.stopPolling();
+        else core.drainNow();
       }, this.pollMs);
-      this.timer.unref();
+      timer.unref();
+      this.timer = timer;
     }
   }
 
@@ -263,12 +308,15 @@ class Limiter extends EventEmitter {
   constructor(options = {}) {
     super();
     checkOptions(options, true);
-    const { sharedPath, violationPollMs = DEFAULT_VIOLATION_POLL_MS } = options;
+    // Own properties only (as checkOptions checked them); the native side
+    // would read inherited ones too.
+    const own = { ...options };
+    const { sharedPath, violationPollMs = DEFAULT_VIOLATION_POLL_MS } = own;
     if (sharedPath !== undefined && typeof sharedPath !== 'string') {
       throw typeError(`sharedPath must be a string; got ${typeName(sharedPath)}`);
     }
-    checkInteger(violationPollMs, 'violationPollMs');
-    const core = new Core(native.create(options, sharedPath), this, violationPollMs);
+    checkPollMs(violationPollMs);
+    const core = new Core(native.create(own, sharedPath), this, violationPollMs);
     this.#core = core;
     this.on('newListener', (event) => {
       if (event === 'violation') core.startPolling();
@@ -365,7 +413,7 @@ class Limiter extends EventEmitter {
   /** Changes the given limits at run time (not capacities), in every process sharing the region. */
   updateLimits(options) {
     checkOptions(options, false);
-    this.#handle().h.updateLimits(options);
+    this.#handle().h.updateLimits({ ...options });
   }
 
   /** Frees connections of processes that died; returns how many. */
@@ -382,10 +430,13 @@ class Limiter extends EventEmitter {
   close() {
     const core = this.#core;
     if (core.closed) return;
-    core.drainNow();
+    // Closed first, the records read before: a listener that throws while
+    // they are emitted cannot leave the limiter open or lose a record.
+    const last = core.take();
     core.stopPolling();
     core.closed = true;
     core.h.close();
+    core.emitAll(last);
   }
 
   destroy() {
@@ -400,17 +451,26 @@ const presets = Object.freeze({
   generous: Object.freeze({ ...native.presets.generous }),
 });
 
+// Every value below is a plain identifier: Node finds the named exports of
+// a CommonJS module for ESM `import { x }` by scanning this literal, and the
+// scan stops at the first value that is not one (such as `presets.default`).
+const defaults = presets.default;
+const version = native.version;
+const atomicsLockFree = native.atomicsLockFree;
+const clockResolutionMs = native.clockResolutionMs;
+/** The empty N-API call, for benchmarks (does nothing). */
+const nativeNoop = native.noop;
+
 module.exports = {
   Limiter,
   Connection,
   presets,
-  defaults: presets.default,
+  defaults,
   REASONS,
-  version: native.version,
-  atomicsLockFree: native.atomicsLockFree,
-  clockResolutionMs: native.clockResolutionMs,
+  version,
+  atomicsLockFree,
+  clockResolutionMs,
   byteSize,
   clientKey,
-  /** The empty N-API call, for benchmarks (does nothing). */
-  nativeNoop: native.noop,
+  nativeNoop,
 };

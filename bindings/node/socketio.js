@@ -53,11 +53,19 @@ function packets(socket, conn, options = {}) {
  * handshake address with IPv6 keyed by its /64; ipv6PrefixLength changes
  * the prefix), packets: false to skip the packet middleware,
  * packetSize(event, args), event (default 'rate_limited').
- * The lease is released on 'disconnect' or when the transport closes.
+ * The lease is released on 'disconnect' or when the transport closes. A
+ * socket whose transport closed while earlier middlewares ran is refused
+ * without a lease. With `failOpen` and the table full, the engine allows
+ * the connection untracked: it is accepted and its packets are not checked.
  */
 function middleware(limiter, options = {}) {
   const clientId = options.clientId || defaultClientId(options.ipv6PrefixLength);
   return (socket, next) => {
+    if (socket.conn.readyState === 'closing' || socket.conn.readyState === 'closed') {
+      // Its 'close' has fired or is under way: a lease taken now could never be released.
+      next(new Error('transport closed'));
+      return;
+    }
     let d;
     try {
       d = limiter.connect(clientId(socket));
@@ -72,6 +80,10 @@ function middleware(limiter, options = {}) {
       return;
     }
     const conn = d.connection;
+    if (conn === null) {
+      next();
+      return;
+    }
     socket[kConnection] = conn;
     const release = () => conn.close();
     socket.once('disconnect', release);
@@ -81,7 +93,7 @@ function middleware(limiter, options = {}) {
   };
 }
 
-/** The engine connection of a socket admitted by the middleware (or undefined). */
+/** The engine connection of a socket admitted by the middleware (undefined when untracked or not admitted). */
 function connectionOf(socket) {
   return socket[kConnection];
 }

@@ -38,7 +38,8 @@ export type VerifyClientCallback = (
 ) => void;
 
 export declare function verifyClient(limiter: Limiter, options?: VerifyClientOptions): VerifyClientCallback;
-export declare function guard(ws: WebSocket, req: IncomingMessage, options?: GuardOptions): Connection;
+/** The engine connection, or null when admitted untracked (failOpen, table full) or not admitted by verifyClient. */
+export declare function guard(ws: WebSocket, req: IncomingMessage, options?: GuardOptions): Connection | null;
 export declare function protect<T extends WebSocketServer>(wss: T, options?: GuardOptions): T;
 export declare function connectionOf(req: IncomingMessage): Connection | undefined;
 export declare function messageSize(data: Buffer | ArrayBuffer | Buffer[] | ArrayBufferView): number;

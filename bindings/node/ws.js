@@ -14,6 +14,9 @@ const { byteSize, clientKey } = require('./index.js');
 const { retryAfterSeconds, denialBody } = require('./lib/adapter.js');
 
 const kConnection = Symbol('ratethrottle.connection');
+// Set on a request admitted without a connection to track (failOpen with
+// the table full): its messages go unchecked.
+const kUntracked = Symbol('ratethrottle.untracked');
 
 /** The default client id: the remote address, IPv6 by its /64 (see clientKey). */
 function defaultClientId(ipv6PrefixLength = 64) {
@@ -28,12 +31,21 @@ function defaultClientId(ipv6PrefixLength = 64) {
  * Requests, `Retry-After` (seconds, rounded up; absent when it can never
  * pass) and `X-RateLimit-Reason`, and no WebSocket is created. The lease is
  * released when the TCP socket closes, whether or not the handshake
- * completed.
+ * completed. A socket already gone when it runs (a client that reset while
+ * an earlier async step ran) is refused without a lease. With `failOpen`
+ * and the table full, the engine allows the upgrade untracked: it is
+ * accepted and its messages are not checked.
  */
 function verifyClient(limiter, options = {}) {
   const clientId = options.clientId || defaultClientId(options.ipv6PrefixLength);
   return (info, cb) => {
     const req = info.req;
+    if (req.socket.destroyed) {
+      // Its 'close' may have fired already: a lease taken now could never
+      // be released. Nobody reads this answer.
+      cb(false, 400, 'Bad Request');
+      return;
+    }
     let d;
     try {
       d = limiter.connect(clientId(req));
@@ -51,8 +63,12 @@ function verifyClient(limiter, options = {}) {
       return;
     }
     const conn = d.connection;
-    req[kConnection] = conn;
-    req.socket.once('close', () => conn.close());
+    if (conn === null) {
+      req[kUntracked] = true;
+    } else {
+      req[kConnection] = conn;
+      req.socket.once('close', () => conn.close());
+    }
     cb(true);
   };
 }
@@ -166,14 +182,26 @@ function keepAlive(ws, idleMs) {
  * its concurrency slot. `options.countControlFrames` (default false): each
  * ping and pong from the peer is checked like a message, and a denied one
  * closes with `policyCode` (1008), so a ping flood is stopped like a message
- * flood. Returns the engine connection.
+ * flood. Returns the engine connection, or null for a connection admitted
+ * untracked (failOpen with the table full), whose messages are not checked.
+ * A socket whose request did not pass verifyClient(limiter) is closed with
+ * 1011 and a warning.
  */
 function guard(ws, req, options = {}) {
+  const idleMs = idleTimeoutOf(options);
   const conn = req[kConnection];
   if (!conn) {
-    throw new Error('ratethrottle/ws: this request was not admitted by verifyClient(limiter)');
+    if (req[kUntracked] === true) {
+      if (idleMs > 0) {
+        const alive = keepAlive(ws, idleMs);
+        ws.on('message', () => alive.seen()).on('ping', () => alive.seen()).on('pong', () => alive.seen());
+      }
+      return null;
+    }
+    process.emitWarning('ratethrottle/ws: a connection not admitted by verifyClient(limiter) was closed');
+    ws.close(1011, 'rate limiter not configured');
+    return null;
   }
-  const idleMs = idleTimeoutOf(options);
   ws.once('close', () => conn.close());
   const alive = idleMs > 0 ? keepAlive(ws, idleMs) : null;
   const countControl = options.countControlFrames === true;
@@ -206,14 +234,20 @@ function guard(ws, req, options = {}) {
   return conn;
 }
 
-/** Guards every connection of `wss` (see guard). Bad options throw here. */
+/**
+ * Guards every connection of `wss` (see guard). Bad options, and a server
+ * created without a verifyClient, throw here.
+ */
 function protect(wss, options = {}) {
   idleTimeoutOf(options);
+  if (typeof wss?.options?.verifyClient !== 'function') {
+    throw new TypeError('ratethrottle/ws: protect(wss) needs a WebSocketServer created with verifyClient: verifyClient(limiter)');
+  }
   wss.on('connection', (ws, req) => guard(ws, req, options));
   return wss;
 }
 
-/** The engine connection of an admitted upgrade request (or undefined). */
+/** The engine connection of an admitted upgrade request (undefined when untracked or not admitted). */
 function connectionOf(req) {
   return req[kConnection];
 }

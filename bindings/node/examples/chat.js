@@ -36,7 +36,9 @@ function startChat(port = 0, limits = {}) {
 
   // ws: the limiter decides the upgrade, then every message.
   // (noServer, routed by path below, so that socket.io keeps its own upgrades)
-  const wss = new WebSocketServer({ noServer: true, verifyClient: rtws.verifyClient(limiter) });
+  // maxPayload: ws refuses (1009) a frame past 64 KiB before buffering it;
+  // anything up to that reaches the limiter, which denies past maxMessageSize.
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024, verifyClient: rtws.verifyClient(limiter) });
   server.on('upgrade', (req, socket, head) => {
     if (new URL(req.url, 'http://x').pathname !== '/ws') return;
     wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));

@@ -255,9 +255,20 @@ fn scratch_uint(v: f64, what: &str) -> Result<u64, Thrown> {
     // integers (and is cheaper than `fract`, a libm call).
     // In range, `as i64` is exact for integers and one instruction.
     if !(0.0..=MAX_SAFE_INTEGER).contains(&v) || (v as i64) as f64 != v {
-        return Err(Thrown::Range(format!("{what} must be an integer from 0 to 2^53 - 1, got {v}")));
+        return Err(Thrown::Range(format!("{what} must be an integer from 0 to 2^53 - 1, got {}", js_number(v))));
     }
     Ok(v as i64 as u64)
+}
+
+/// A number as JS prints it where Rust's `Display` differs (`inf`, `NaN`).
+fn js_number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        format!("{v}")
+    }
 }
 
 fn is_detached(env: sys::napi_env, ab: sys::napi_value) -> Result<bool, Thrown> {
@@ -480,6 +491,7 @@ fn read_limits(env: sys::napi_env, obj: sys::napi_value, base: Limits) -> Result
                 ok(unsafe { sys::napi_get_value_double(env, v, &mut n) })?;
                 let max = if let Field::U32(_) = field { u32::MAX as f64 } else { MAX_SAFE_INTEGER };
                 if !(0.0..=max).contains(&n) || (n as u64) as f64 != n {
+                    let n = js_number(n);
                     return Err(Thrown::Range(format!("option {name} must be an integer from 0 to {max}, got {n}")));
                 }
                 match field {
@@ -702,7 +714,14 @@ callback!(cb_update_limits, |cx| {
     if cx.type_of(0)? != sys::ValueType::napi_object {
         return Err(Thrown::Type("options must be an object".into()));
     }
-    let l = read_limits(cx.env, cx.arg(0), lim.limits())?;
+    let now = lim.limits();
+    let l = read_limits(cx.env, cx.arg(0), now)?;
+    if l.max_clients != now.max_clients || l.max_connections != now.max_connections {
+        return Err(Thrown::Range(format!(
+            "options maxClients and maxConnections size the tables and cannot change at run time (now {} and {})",
+            now.max_clients, now.max_connections
+        )));
+    }
     lim.update_limits(&l).map_err(engine_error)?;
     undefined(cx.env)
 });

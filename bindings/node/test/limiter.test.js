@@ -415,3 +415,86 @@ test('worker_threads, GC finalizers and process exit with live handles (N5)', ()
   assert.equal(r.status, 0, r.stderr + r.stdout);
   assert.match(r.stdout, /lifetimes: ok/);
 });
+
+test('bad clock and poll values: TypeError for non-numbers, RangeError out of range; messages print JS numbers', () => {
+  const l = lim();
+  const c = l.connect('x').connection;
+  for (const f of [(v) => l.connectAt('x', v), (v) => l.checkKeyAt('k', 1, v), (v) => c.checkMessageAt(1, v)]) {
+    assert.throws(() => f('5'), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: /nowMs must be a number; got a string/ });
+    assert.throws(() => f(-1), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
+  }
+  for (const v of ['5', null, 5n]) {
+    assert.throws(() => lim({ violationPollMs: v }), { name: 'TypeError', message: /violationPollMs must be a number/ }, String(v));
+  }
+  for (const v of [-1, 1.5, NaN, 2 ** 31, 2 ** 53 - 1]) {
+    assert.throws(() => lim({ violationPollMs: v }), { name: 'RangeError', message: /violationPollMs must be an integer from 0/ }, String(v));
+  }
+  lim({ violationPollMs: 2 ** 31 - 1 }).close();
+  lim({ violationPollMs: 0 }).close();
+  assert.throws(() => lim({ windowMs: Infinity }), { name: 'RangeError', message: /got Infinity$/ });
+  assert.throws(() => lim({ windowMs: NaN }), { name: 'RangeError', message: /got NaN$/ });
+  assert.throws(() => l.connect(), { name: 'TypeError', message: /clientId must be .*; got undefined$/ });
+  l.close();
+});
+
+test('options: only own properties count (an inherited windowMs is not an option)', () => {
+  const l = new Limiter(Object.assign(Object.create({ windowMs: 5 }), small));
+  assert.equal(l.limits().windowMs, 60000);
+  l.updateLimits(Object.assign(Object.create({ messagesPerWindow: 1 }), { windowMs: 1000 }));
+  assert.equal(l.limits().windowMs, 1000);
+  assert.equal(l.limits().messagesPerWindow, 1000);
+  l.close();
+});
+
+test('updateLimits: capacities cannot change (RangeError naming the JS options); the same values pass', () => {
+  const l = lim();
+  for (const o of [{ maxConnections: 10 }, { maxClients: 2048 }]) {
+    assert.throws(() => l.updateLimits(o), { name: 'RangeError', message: /maxClients and maxConnections .*cannot change at run time/ });
+  }
+  l.updateLimits({ maxClients: 1024, maxConnections: 1024, messagesPerWindow: 7 });
+  assert.equal(l.limits().messagesPerWindow, 7);
+  l.close();
+});
+
+test('ids and data from another realm (vm) and DataViews out of their buffer', () => {
+  const vm = require('node:vm');
+  const l = lim({ maxConcurrentConnections: 1 });
+  const foreign = vm.runInNewContext('new Uint8Array([1, 2, 0, 3])');
+  assert.equal(l.connect(foreign).allowed, true);
+  assert.equal(l.connect(Buffer.from([1, 2, 0, 3])).reason, 'too_many_connections', 'the same bytes, the same client');
+  const c = l.connect('dv').connection;
+  const ab = new ArrayBuffer(8);
+  const dv = new DataView(ab, 2, 4);
+  assert.equal(c.checkMessage(dv).allowed, true);
+  structuredClone(ab, { transfer: [ab] }); // detaches ab
+  assert.throws(() => c.checkMessage(dv), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: /DataView out of its ArrayBuffer/ });
+  const rab = new ArrayBuffer(8, { maxByteLength: 16 });
+  const rdv = new DataView(rab, 4, 4);
+  rab.resize(2);
+  assert.throws(() => c.checkMessage(rdv), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+  l.close();
+});
+
+test('close(): a throwing violation listener neither keeps the limiter open nor costs the other records', () => {
+  const l = lim({ maxMessageSize: 10 });
+  const seen = [];
+  l.on('violation', (v) => {
+    seen.push(v.size);
+    throw new Error('listener boom');
+  });
+  const c = l.connect('x').connection;
+  c.checkMessage(100);
+  c.checkMessage(200);
+  assert.throws(() => l.close(), /listener boom/);
+  assert.equal(l.closed, true);
+  assert.deepEqual(seen, [100, 200], 'both records reached the listener');
+  assert.throws(() => l.stats(), { code: 'ERR_RATETHROTTLE_CLOSED' });
+});
+
+test('every export is also an ESM named export (import { x } from "ratethrottle")', async () => {
+  for (const file of ['..', '../ws', '../socketio']) {
+    const cjs = require(file);
+    const esm = await import(require.resolve(file));
+    for (const k of Object.keys(cjs)) assert.equal(esm[k], cjs[k], `${file}: ${k}`);
+  }
+});

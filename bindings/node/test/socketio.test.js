@@ -165,3 +165,37 @@ for (const [how, signal] of [
     assert.equal(limiter.clientConnections('127.0.0.1'), 1, 'the same client gets in again (max concurrency 1)');
   });
 }
+
+test('socket.io: failOpen with the table full admits an untracked socket; its packets pass unchecked', async (t) => {
+  const limiter = new Limiter({ maxConnections: 1, maxClients: 64, failOpen: true, messagesPerWindow: 2, windowMs: 3_600_000 });
+  const srv = await chatServer(limiter);
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const tracked = srv.client();
+  await next(tracked, 'connect');
+  const untracked = srv.client();
+  await next(untracked, 'connect');
+  assert.equal(limiter.stats().untrackedAllowed, 1);
+  let echoes = 0;
+  untracked.on('chat', () => echoes++);
+  for (let i = 0; i < 5; i++) untracked.emit('chat', `m${i}`);
+  await until(() => echoes === 5, 'every packet of the untracked socket echoed');
+  untracked.disconnect();
+  tracked.disconnect();
+  await until(() => limiter.stats().activeConnections === 0, 'the tracked lease released');
+});
+
+test('socket.io: a socket whose transport closed during earlier middlewares takes no lease', () => {
+  const limiter = new Limiter({ maxClients: 64, maxConnections: 64 });
+  const mw = rtio.middleware(limiter);
+  for (const readyState of ['closing', 'closed']) {
+    const socket = { conn: { readyState }, handshake: { address: '127.0.0.1' } };
+    let err;
+    mw(socket, (e) => (err = e));
+    assert.match(err.message, /transport closed/);
+  }
+  assert.equal(limiter.stats().connectionsAllowed, 0);
+  limiter.close();
+});

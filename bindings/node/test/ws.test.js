@@ -404,7 +404,7 @@ test('ws W7: the idle timer does not keep the process alive', () => {
 });
 
 test('ws W7: bad idleTimeoutMs values throw when the adapter is set up', () => {
-  const wss = new WebSocketServer({ noServer: true });
+  const wss = new WebSocketServer({ noServer: true, verifyClient: (info, cb) => cb(true) });
   for (const v of ['1000', null, 10n, true]) {
     assert.throws(() => rtws.protect(wss, { idleTimeoutMs: v }), TypeError, String(v));
   }
@@ -416,4 +416,82 @@ test('ws W7: bad idleTimeoutMs values throw when the adapter is set up', () => {
   rtws.protect(wss, { idleTimeoutMs: 0 });
   assert.equal(wss.listenerCount('connection'), 2);
   wss.close();
+});
+
+test('ws: failOpen with the table full admits an untracked connection; its messages pass unchecked, its close is harmless', async (t) => {
+  const limiter = new Limiter({ maxConnections: 1, maxClients: 64, failOpen: true, messagesPerWindow: 2, windowMs: 3_600_000 });
+  const srv = await echoServer(limiter);
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const tracked = await open(srv.url);
+  const untracked = await open(srv.url);
+  assert.ok(untracked instanceof WebSocket, 'admitted although the connection table is full');
+  assert.equal(limiter.stats().untrackedAllowed, 1);
+  assert.equal(limiter.stats().activeConnections, 1);
+  let echoes = 0;
+  untracked.on('message', () => echoes++);
+  for (let i = 0; i < 5; i++) untracked.send(`m${i}`);
+  await until(() => echoes === 5, 'every message of the untracked connection echoed (nothing to check it against)');
+  const done = closed(untracked);
+  untracked.close();
+  assert.equal((await done).code, 1005);
+  tracked.close();
+  await until(() => limiter.stats().activeConnections === 0, 'the tracked lease released');
+});
+
+test('ws: an upgrade whose socket is gone before verifyClient runs takes no lease', async (t) => {
+  const limiter = new Limiter({ maxClients: 64, maxConnections: 64 });
+  const h = await httpServer();
+  const wss = new WebSocketServer({ noServer: true, verifyClient: rtws.verifyClient(limiter) });
+  rtws.protect(wss);
+  let verified = 0;
+  // An app that does async work (auth) before handing the upgrade to ws;
+  // here it waits until the client has reset.
+  h.server.on('upgrade', (req, socket, head) => {
+    socket.on('error', () => {}); // the client's reset
+    socket.once('close', () => {
+      wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
+      verified++;
+    });
+  });
+  t.after(async () => {
+    await new Promise((r) => wss.close(r));
+    await h.close();
+    limiter.close();
+  });
+  for (let i = 0; i < 3; i++) {
+    const s = net.connect(h.port, '127.0.0.1');
+    await next(s, 'connect');
+    s.write(
+      'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        `Sec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+    );
+    await new Promise((r) => setTimeout(r, 20));
+    s.resetAndDestroy();
+  }
+  await until(() => verified === 3, 'the three upgrades handed to ws');
+  await new Promise(setImmediate);
+  assert.equal(limiter.stats().activeConnections, 0, 'no lease left behind');
+  assert.equal(limiter.stats().connectionsAllowed, 0);
+});
+
+test('ws: protect() refuses a server without verifyClient; guard closes an unadmitted socket with 1011', async (t) => {
+  assert.throws(() => rtws.protect(new WebSocketServer({ noServer: true })), { name: 'TypeError', message: /needs a WebSocketServer created with verifyClient/ });
+  const h = await httpServer();
+  const wss = new WebSocketServer({ server: h.server });
+  const warnings = [];
+  const onWarning = (w) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  wss.on('connection', (ws, req) => rtws.guard(ws, req));
+  t.after(async () => {
+    process.off('warning', onWarning);
+    await new Promise((r) => wss.close(r));
+    await h.close();
+  });
+  const ws = await open(`ws://127.0.0.1:${h.port}`);
+  const { code } = await closed(ws);
+  assert.equal(code, 1011);
+  await until(() => warnings.some((m) => /not admitted by verifyClient/.test(m)), 'the warning');
 });
