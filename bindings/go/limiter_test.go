@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/http/httptest"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -467,6 +468,33 @@ func TestUseAfterClose(t *testing.T) {
 	}
 	if _, d := nilLim.Connect("x"); !errors.Is(d.Err(), ErrClosed) {
 		t.Fatal("nil limiter Connect")
+	}
+}
+
+// Every exported method of *Limiter and *Conn treats a nil receiver as
+// closed: none panics (called with zero-valued arguments, by reflection, so
+// a method added later is covered too).
+func TestNilReceiversDoNotPanic(t *testing.T) {
+	for _, recv := range []any{(*Limiter)(nil), (*Conn)(nil)} {
+		v := reflect.ValueOf(recv)
+		for i := 0; i < v.NumMethod(); i++ {
+			m, name := v.Method(i), v.Type().Method(i).Name
+			args := make([]reflect.Value, m.Type().NumIn())
+			for j := range args {
+				args[j] = reflect.Zero(m.Type().In(j))
+			}
+			if m.Type().IsVariadic() {
+				args = args[:len(args)-1]
+			}
+			func() {
+				defer func() {
+					if p := recover(); p != nil {
+						t.Errorf("(%T).%s on nil panicked: %v", recv, name, p)
+					}
+				}()
+				m.Call(args)
+			}()
+		}
 	}
 }
 

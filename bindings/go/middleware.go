@@ -3,6 +3,7 @@ package ratethrottle
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -102,7 +103,17 @@ func WriteDenied(w http.ResponseWriter, _ *http.Request, d Decision) {
 }
 
 // RetryAfterSeconds rounds a wait up to whole seconds, as Retry-After needs.
+// A negative wait is 0; RetryNever (and any wait too long to round up
+// without overflowing) is math.MaxInt64 / int64(time.Second) seconds, about
+// 292 years: callers that can say "never" (WriteDenied omits the header)
+// should test for RetryNever first.
 func RetryAfterSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	if d > math.MaxInt64-time.Second {
+		return math.MaxInt64 / int64(time.Second)
+	}
 	return int64((d + time.Second - 1) / time.Second)
 }
 

@@ -3,6 +3,7 @@ package ratethrottle
 import (
 	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -46,7 +47,11 @@ func TestRemoteIPKey(t *testing.T) {
 }
 
 func TestRetryAfterSeconds(t *testing.T) {
-	for d, want := range map[time.Duration]int64{0: 0, time.Millisecond: 1, time.Second: 1, 1001 * time.Millisecond: 2, 1500 * time.Millisecond: 2} {
+	maxSecs := int64(math.MaxInt64 / int64(time.Second))
+	for d, want := range map[time.Duration]int64{
+		0: 0, -time.Second: 0, time.Millisecond: 1, time.Second: 1, 1001 * time.Millisecond: 2, 1500 * time.Millisecond: 2,
+		RetryNever: maxSecs, math.MaxInt64 - time.Second + 1: maxSecs, math.MaxInt64 - time.Second: maxSecs,
+	} {
 		if got := RetryAfterSeconds(d); got != want {
 			t.Errorf("%v: %d want %d", d, got, want)
 		}

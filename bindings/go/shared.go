@@ -64,4 +64,9 @@ func isEmptyFile(path string) bool {
 }
 
 // SharedPath is the file of a shared limiter ("" for one on the heap).
-func (l *Limiter) SharedPath() string { return l.path }
+func (l *Limiter) SharedPath() string {
+	if l == nil {
+		return ""
+	}
+	return l.path
+}

@@ -99,7 +99,12 @@ func (l *Limiter) DrainViolations() ([]Violation, error) {
 
 // DroppedViolations counts the records WatchViolations could not deliver
 // because a channel was full.
-func (l *Limiter) DroppedViolations() uint64 { return l.violationsDropped.Load() }
+func (l *Limiter) DroppedViolations() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.violationsDropped.Load()
+}
 
 func (l *Limiter) drainViolations(buf *cViolationBuf, out []Violation) ([]Violation, bool) {
 	g := l.enter()

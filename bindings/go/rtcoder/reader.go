@@ -33,6 +33,14 @@ type Options struct {
 	// Reply sends the error reply of a dropped message. Default: a text
 	// message with rt.ErrorReply(d). coder allows concurrent writers.
 	Reply func(ctx context.Context, c *websocket.Conn, d rt.Decision) error
+	// ReplyTimeout bounds the reply's write (the context given to Write, or
+	// to a custom Reply, expires after it): a peer that floods and never
+	// reads would otherwise block it for as long as the socket stays open,
+	// where no idle timeout applies. When the reply fails, the connection is
+	// closed (CloseNow) and Read returns the error (wrapping
+	// rt.ErrReplyTimeout after a timeout). 0 means rt.DefaultReplyTimeout
+	// (10 s); a negative value adds no timeout to the caller's context.
+	ReplyTimeout time.Duration
 	// IdleTimeout ends the socket when, while Read waits, nothing arrives
 	// from the peer for this long: no message or part of one, and no pong to
 	// the Reader's pings. The connection is closed at once with CloseNow (no
@@ -135,10 +143,30 @@ func (r *Reader) next(ctx context.Context) (websocket.MessageType, []byte, error
 }
 
 func (r *Reader) reply(ctx context.Context, d rt.Decision) error {
-	if r.o.Reply != nil {
-		return r.o.Reply(ctx, r.c, d)
+	timeout := r.o.ReplyTimeout
+	if timeout == 0 {
+		timeout = rt.DefaultReplyTimeout
 	}
-	return r.c.Write(ctx, websocket.MessageText, rt.ErrorReply(d))
+	wctx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	var err error
+	if r.o.Reply != nil {
+		err = r.o.Reply(wctx, r.c, d)
+	} else {
+		err = r.c.Write(wctx, websocket.MessageText, rt.ErrorReply(d))
+	}
+	if err != nil {
+		_ = r.c.CloseNow()
+		if ctx.Err() == nil && errors.Is(wctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%w (%v): %w", rt.ErrReplyTimeout, timeout, err)
+		}
+		return err
+	}
+	return nil
 }
 
 // livePingers counts the watchdogs started and not yet stopped (for tests:

@@ -3,6 +3,7 @@ package rtcoder_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	rt "github.com/ratethrottle/ratethrottle/bindings/go"
+	"github.com/ratethrottle/ratethrottle/bindings/go/internal/rawclient"
 	"github.com/ratethrottle/ratethrottle/bindings/go/rtcoder"
 )
 
@@ -178,5 +180,31 @@ func TestPolicyClose1008AndSpam429(t *testing.T) {
 	_, resp, err := websocket.Dial(ctx, url, nil)
 	if err == nil || resp == nil || resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("3rd dial: %v %v", err, resp)
+	}
+}
+
+// A client that floods and never reads: the error replies fill the TCP
+// buffers until the reply's write blocks, where no idle timeout applies.
+// The reply timeout ends the socket and frees the slot.
+func TestNonReadingFlooderEndedByReplyTimeout(t *testing.T) {
+	l := limits()
+	l.MessagesPerWindow = 1
+	lim, url, errs := echoServerErrs(t, l, rtcoder.Options{ReplyTimeout: 300 * time.Millisecond, IdleTimeout: -1})
+	c, sent := rawclient.FloodWithoutReading(t, url)
+	defer c.Close()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, rt.ErrReplyTimeout) {
+			t.Fatalf("Read returned %v, want an error wrapping ErrReplyTimeout", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("after %d messages the handler is still blocked in the reply's write", sent)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for lim.ClientConnections("127.0.0.1") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the slot was not freed")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -35,6 +35,15 @@ type Options struct {
 	// allows one concurrent writer: if other goroutines write to the socket,
 	// send the reply through them instead.
 	Reply func(ws *websocket.Conn, d rt.Decision) error
+	// ReplyTimeout bounds the default reply's write with a write deadline:
+	// a peer that floods and never reads would otherwise block it for as
+	// long as the socket stays open, where no idle timeout applies. When the
+	// reply fails, the TCP connection is closed and ReadMessage returns the
+	// error (wrapping rt.ErrReplyTimeout after a timeout). 0 means
+	// rt.DefaultReplyTimeout (10 s); a negative value sets no deadline. A
+	// custom Reply is not given a deadline (the goroutines it writes through
+	// own the socket's write deadline): they must bound their own writes.
+	ReplyTimeout time.Duration
 	// CloseTimeout bounds the write of the close frame (default 1 s).
 	CloseTimeout time.Duration
 	// IdleTimeout ends the socket when nothing at all (a message or part of
@@ -214,7 +223,28 @@ func (r *Reader) reply(d rt.Decision) error {
 	if r.o.Reply != nil {
 		return r.o.Reply(r.ws, d)
 	}
-	return r.ws.WriteMessage(websocket.TextMessage, rt.ErrorReply(d))
+	timeout := r.o.ReplyTimeout
+	if timeout == 0 {
+		timeout = rt.DefaultReplyTimeout
+	}
+	if timeout > 0 {
+		_ = r.ws.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	err := r.ws.WriteMessage(websocket.TextMessage, rt.ErrorReply(d))
+	if err != nil {
+		// gorilla's writes are broken after an error (a timed-out one
+		// included): end the TCP connection so the peer cannot hold it.
+		_ = r.ws.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("%w (%v): %w", rt.ErrReplyTimeout, timeout, err)
+		}
+		return err
+	}
+	if timeout > 0 {
+		_ = r.ws.SetWriteDeadline(time.Time{})
+	}
+	return nil
 }
 
 // livePingers counts the pingers started and not yet stopped (for tests:

@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	rt "github.com/ratethrottle/ratethrottle/bindings/go"
+	"github.com/ratethrottle/ratethrottle/bindings/go/internal/rawclient"
 	"github.com/ratethrottle/ratethrottle/bindings/go/rtgorilla"
 )
 
@@ -304,4 +305,24 @@ func TestPingFloodCountsOnlyWhenAsked(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A client that floods and never reads: the error replies fill the TCP
+// buffers until the reply's write blocks, where no idle timeout applies.
+// The reply timeout ends the socket and frees the slot.
+func TestNonReadingFlooderEndedByReplyTimeout(t *testing.T) {
+	l := limits()
+	l.MessagesPerWindow = 1
+	lim, url, errs := echoServerErrs(t, l, rtgorilla.Options{ReplyTimeout: 300 * time.Millisecond, IdleTimeout: -1})
+	c, sent := rawclient.FloodWithoutReading(t, url)
+	defer c.Close()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, rt.ErrReplyTimeout) {
+			t.Fatalf("ReadMessage returned %v, want an error wrapping ErrReplyTimeout", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("after %d messages the handler is still blocked in the reply's write", sent)
+	}
+	waitLive(t, lim, 0)
 }
