@@ -24,9 +24,15 @@ pub fn resolution_ms() -> u64 {
     (ts.tv_sec as u64 * 1000 + (ts.tv_nsec as u64).div_ceil(1_000_000)).max(1)
 }
 
-/// Identifies a process for connection ownership: pid in the high 32 bits and
-/// the low 32 bits of its start time (clock ticks since boot), so a reused
-/// pid is not mistaken for the process that died.
+/// Identifies a process for connection ownership, in one 64-bit word:
+///
+/// - bits 54..64: a tag of its PID namespace (1 to 1023; 0 when
+///   `/proc/self/ns/pid` cannot be read), so that a process in another
+///   namespace (a container sharing `/dev/shm` but not its pids) is never
+///   judged by a pid that means another process here;
+/// - bits 32..54: the pid (Linux pids are below 2^22, `PID_MAX_LIMIT`);
+/// - bits 0..32: the low 32 bits of its start time (clock ticks since
+///   boot), so that a reused pid is not mistaken for the process that died.
 #[cfg(not(loom))]
 pub(crate) mod process {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +40,36 @@ pub(crate) mod process {
 
     static TOKEN: AtomicU64 = AtomicU64::new(0);
     static AT_FORK: Once = Once::new();
+
+    const PID_BITS: u32 = 22;
+    const PID_MASK: u64 = (1 << PID_BITS) - 1;
+    const TAG_SHIFT: u32 = 32 + PID_BITS;
+
+    /// The pid a token names.
+    #[inline]
+    pub(crate) fn pid_of(token: u64) -> u32 {
+        ((token >> 32) & PID_MASK) as u32
+    }
+
+    /// The PID namespace tag of a token (0: unknown).
+    fn tag_of(token: u64) -> u64 {
+        token >> TAG_SHIFT
+    }
+
+    /// This process's PID namespace as a tag from 1 to 1023 (a hash of the
+    /// namespace's inode), or 0 when it cannot be read.
+    fn namespace_tag() -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata("/proc/self/ns/pid") {
+            Ok(m) => 1 + ((m.ino() ^ m.dev().rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 1023,
+            Err(_) => 0,
+        }
+    }
+
+    /// A token from its parts (`pid` is cut to 22 bits; Linux's are smaller).
+    pub(crate) fn make(tag: u64, pid: u32, start: u32) -> u64 {
+        (tag << TAG_SHIFT) | ((pid as u64 & PID_MASK) << 32) | start as u64
+    }
 
     extern "C" fn forget_token() {
         TOKEN.store(0, Ordering::Relaxed);
@@ -57,7 +93,7 @@ pub(crate) mod process {
         });
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() } as u32;
-        let t = ((pid as u64) << 32) | start_time(pid).unwrap_or(0) as u64;
+        let t = make(namespace_tag(), pid, start_time(pid).unwrap_or(0));
         TOKEN.store(t, Ordering::Relaxed);
         t
     }
@@ -81,9 +117,17 @@ pub(crate) mod process {
     }
 
     /// Whether the process a token names is still running (a zombie is not).
+    /// A process of another PID namespace cannot be looked up from here (its
+    /// pid names another process, or none, in ours): it counts as running,
+    /// so that nothing it holds is taken from it. Its own namespace's
+    /// processes reap it when it dies.
     pub(crate) fn is_alive(token: u64) -> bool {
-        let pid = (token >> 32) as u32;
+        let pid = pid_of(token);
         if pid == 0 {
+            return true;
+        }
+        let theirs = tag_of(token);
+        if theirs != 0 && theirs != tag_of(self::token()) {
             return true;
         }
         match stat(pid) {
@@ -108,23 +152,41 @@ pub(crate) mod process {
     pub(crate) fn is_alive(_token: u64) -> bool {
         true
     }
+    pub(crate) fn pid_of(token: u64) -> u32 {
+        (token >> 32) as u32
+    }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::process::{is_alive, token};
+    use super::process::{is_alive, make, pid_of, token};
 
     #[test]
     fn a_token_names_one_process_and_its_start_time() {
         // M3: a reused pid must not pass for the process that died.
         let me = token();
-        assert_eq!(me >> 32, std::process::id() as u64);
+        assert_eq!(pid_of(me), std::process::id());
         assert!(is_alive(me));
         assert!(!is_alive(me ^ 1), "same pid, another start time: not the same process");
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id() as u64;
         child.wait().unwrap();
-        assert!(!is_alive(pid << 32 | 1), "a process that exited");
+        assert!(!is_alive(make(me >> 54, pid as u32, 1)), "a process that exited");
         assert!(is_alive(0), "no owner recorded");
+    }
+
+    #[test]
+    fn a_process_of_another_pid_namespace_is_never_judged_dead() {
+        let me = token();
+        let tag = me >> 54;
+        assert!((1..=1023).contains(&tag), "/proc/self/ns/pid gives this process a tag");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!is_alive(make(tag, pid, 1)), "our namespace: an exited process is dead");
+        let other = if tag == 1 { 2 } else { 1 };
+        assert!(is_alive(make(other, pid, 1)), "another namespace: its pid means nothing here");
+        assert!(is_alive(make(other, 1, 1)), "not even our pid 1 (another start time)");
+        assert!(!is_alive(make(0, pid, 1)), "an unknown namespace is judged as ours");
     }
 }

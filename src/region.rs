@@ -20,8 +20,9 @@ use crate::sync::{spin_wait, AtomicU128, AtomicU32, AtomicU64, AtomicU8, Orderin
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RTHRTL\x00\x01");
 /// Bumped whenever the layout or the meaning of any word changes (2: a
-/// client's home slots are found by multiplication, not by remainder).
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+/// client's home slots are found by multiplication, not by remainder; 3:
+/// owner tokens carry a PID namespace tag, see `clock::process`).
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 #[cfg(not(loom))]
 pub(crate) const LANES: usize = 16;
 #[cfg(not(loom))]
@@ -65,12 +66,12 @@ pub(crate) fn thread_hint() -> usize {
     hint_of(core::ptr::addr_of!(marker) as usize, crate::clock::process::token())
 }
 
-/// The hint of a stack address in a process (`clock::process` token: pid in
-/// the high 32 bits): the address's hash (0 to 255) plus the pid.
+/// The hint of a stack address in a process (a `clock::process` token):
+/// the address's hash (0 to 255) plus the pid.
 #[inline(always)]
 fn hint_of(stack_addr: usize, process: u64) -> usize {
     let hash = ((stack_addr >> 16) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
-    (hash + (process >> 32)) as usize
+    (hash + crate::clock::process::pid_of(process) as u64) as usize
 }
 
 /// Under loom the hint must be the same in every explored execution (loom

@@ -111,6 +111,16 @@ fn child(task: &str, path: &str) {
             }
             println!("RESULT clock");
         }
+        "hold_open" => {
+            // Take connections, report, and keep them until stdin closes.
+            for _ in 0..3 {
+                assert!(lim.connect_at(b"worker-client", 1000).0.allowed);
+            }
+            println!("RESULT held");
+            use std::io::{Read, Write};
+            std::io::stdout().flush().unwrap();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        }
         "hold" => {
             // Take connections and die without closing them.
             for _ in 0..3 {
@@ -221,6 +231,58 @@ fn a_dead_workers_connections_are_reaped() {
     drop(m);
 }
 
+/// A worker in another PID namespace (a container sharing /dev/shm but not
+/// the host's pids): its pid names another process here, or none, so it
+/// must never be judged dead from here, nor its connections reaped.
+#[test]
+fn connections_of_a_process_in_another_pid_namespace_are_not_reaped() {
+    use std::io::BufRead;
+    let permitted = std::process::Command::new("unshare")
+        .args(["-p", "-f", "--mount-proc", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !permitted {
+        eprintln!("SKIPPED: `unshare -p -f --mount-proc` is not available or not permitted here (needs root or user namespaces)");
+        return;
+    }
+    let file = ShmFile::new("pidns");
+    let path = file.0.clone();
+    let len = Limiter::region_size(&limits()).unwrap();
+    let m = Mapping::open(&path, len + BARRIER, true);
+    // SAFETY: the mapping outlives the limiter.
+    let lim = unsafe { Limiter::init_in(m.ptr, len, &limits()) }.unwrap();
+    let mut child = std::process::Command::new("unshare")
+        .args(["-p", "-f", "--mount-proc"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("RT_CHILD", format!("hold_open:{path}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut held = false;
+    for _ in 0..200 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if common::fields([line.trim_end()]).is_some_and(|f| f == ["held"]) {
+            held = true;
+            break;
+        }
+    }
+    assert!(held, "the child in its own PID namespace connected");
+    assert_eq!(lim.client_connections(b"worker-client"), 3);
+    assert_eq!(lim.reap_dead(), 0, "a live process of another namespace is not reaped");
+    assert_eq!(lim.client_connections(b"worker-client"), 3);
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    drop(lim);
+    drop(m);
+}
+
 #[test]
 fn one_region_mapped_twice_at_different_addresses() {
     let file = ShmFile::new("twice");
@@ -291,7 +353,7 @@ fn attach_refuses_what_is_not_a_ready_region_of_this_layout() {
     // SAFETY: as above.
     match unsafe { Limiter::attach(mem, len) } {
         Err(Error::IncompatibleRegion(why)) => {
-            assert!(why.contains("version 99") && why.contains("version 2"), "{why}")
+            assert!(why.contains("version 99") && why.contains("version 3"), "{why}")
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
