@@ -620,7 +620,10 @@ rt_status rt_limiter_new(const struct rt_limits *l, struct rt_limiter **out);
  * Releases a limiter made by `rt_limiter_new`, `rt_limiter_init_in`,
  * `rt_limiter_attach` or `rt_limiter_open_file`: frees the handle, its
  * violation callback, and its heap state (`rt_limiter_new`) or its
- * mapping of the file (`rt_limiter_open_file`; the file stays). Memory
+ * mapping of the file (`rt_limiter_open_file`; the file stays; when it was
+ * this process's last limiter on the file, the connections the process
+ * still has open in it are closed first, as nothing could close them
+ * afterwards). Memory
  * given to `rt_limiter_init_in` / `rt_limiter_attach` is not freed: the
  * caller owns it, and other handles attached to it keep working.
  *

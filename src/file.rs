@@ -21,6 +21,41 @@ use crate::memory::Owned;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Mutex;
+
+/// A region file's identity (device and inode), whatever path opened it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// How many limiters of this process map each region file.
+static HANDLES: Mutex<Vec<(FileId, usize)>> = Mutex::new(Vec::new());
+
+/// Counts one more limiter of this process on the file.
+pub(crate) fn hold(id: FileId) {
+    let mut h = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
+    match h.iter_mut().find(|(f, _)| *f == id) {
+        Some((_, n)) => *n += 1,
+        None => h.push((id, 1)),
+    }
+}
+
+/// Counts one limiter of this process fewer on the file; true when it was
+/// the last one.
+pub(crate) fn release(id: FileId) -> bool {
+    let mut h = HANDLES.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(i) = h.iter().position(|(f, _)| *f == id) else {
+        return true;
+    };
+    h[i].1 -= 1;
+    if h[i].1 > 0 {
+        return false;
+    }
+    h.swap_remove(i);
+    true
+}
 
 /// How [`Limiter::open_file`](crate::Limiter::open_file) found its file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,12 +96,13 @@ fn io_error(what: &'static str, path: &Path) -> Error {
 /// `path`, sizes it when it is empty, maps it `MAP_SHARED`, and runs `setup`
 /// on the mapping with the lock held: `setup(base, len, created)` formats a
 /// new region (`created`) or attaches to the one there. Returns what `setup`
-/// made, the mapping (unmapped when dropped) and `created`.
+/// made, the mapping (unmapped when dropped), `created` and the file's
+/// identity.
 pub(crate) fn open<T>(
     path: &Path,
     create_size: Option<usize>,
     setup: impl FnOnce(*mut u8, usize, bool) -> Result<T, Error>,
-) -> Result<(T, Owned, bool), Error> {
+) -> Result<(T, Owned, bool, FileId), Error> {
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::InvalidArgument("the path contains a NUL byte"))?;
     let flags = libc::O_RDWR | libc::O_CLOEXEC | if create_size.is_some() { libc::O_CREAT } else { 0 };
@@ -87,6 +123,7 @@ pub(crate) fn open<T>(
         return Err(io_error("cannot stat", path));
     }
     let created = st.st_size == 0;
+    let id = FileId { dev: st.st_dev as u64, ino: st.st_ino as u64 };
     let len = if created {
         let Some(size) = create_size else {
             return Err(Error::IncompatibleRegion(format!("{} is empty: no region was created in it", path.display())));
@@ -120,7 +157,7 @@ pub(crate) fn open<T>(
     }
     let mem = Owned::mapped(base.cast(), len);
     match setup(mem.ptr(), len, created) {
-        Ok(v) => Ok((v, mem, created)),
+        Ok(v) => Ok((v, mem, created, id)),
         Err(e) => {
             drop(mem);
             Err(truncate_back(e))

@@ -53,7 +53,26 @@ impl Conn {
 #[allow(dead_code)]
 enum Memory {
     Owned(Owned),
+    /// A mapping of a region file (`open_file`).
+    #[cfg(not(loom))]
+    File(Owned, crate::file::FileId),
     Borrowed,
+}
+
+impl Drop for Limiter {
+    /// A limiter of a region file: when it is this process's last one on
+    /// the file, the connections the process still has in the region are
+    /// closed, since nothing in it can close them any more (they would hold
+    /// their clients' concurrency slots until the process exits and another
+    /// one reaps it).
+    fn drop(&mut self) {
+        #[cfg(not(loom))]
+        if let Memory::File(_, id) = self._memory {
+            if crate::file::release(id) {
+                self.close_own_connections();
+            }
+        }
+    }
 }
 
 /// A rate limiter over one region. `Send + Sync`: share it between threads
@@ -255,7 +274,10 @@ impl Limiter {
     /// them ([`Limiter::reap_dead`]).
     ///
     /// The limiter unmaps the file when dropped; the file stays (remove it
-    /// when no process uses it). Do not truncate it while it is mapped
+    /// when no process uses it). When the dropped limiter was this
+    /// process's last one on the file, the connections the process still
+    /// has open in the region are closed first: nothing could close them
+    /// afterwards. Do not truncate it while it is mapped
     /// (SIGBUS). A file that is not a region of this layout version is
     /// refused ([`Error::IncompatibleRegion`], or [`Error::RegionTooSmall`]
     /// when it is shorter than one) and left untouched; a failed system call
@@ -279,7 +301,7 @@ impl Limiter {
     #[cfg(not(loom))]
     pub fn open_file(path: impl AsRef<std::path::Path>, limits: Option<&Limits>) -> Result<(Limiter, Opened), Error> {
         let create_size = limits.map(Region::size_for).transpose()?;
-        let (region, mem, created) = crate::file::open(path.as_ref(), create_size, |base, len, created| {
+        let (region, mem, created, id) = crate::file::open(path.as_ref(), create_size, |base, len, created| {
             match limits {
                 // SAFETY: a fresh shared mapping of `len` bytes, page
                 // aligned; nobody else uses it while the file lock is held.
@@ -289,7 +311,8 @@ impl Limiter {
                 _ => unsafe { Region::attach(base, len) },
             }
         })?;
-        let lim = Limiter::from_region(region, Memory::Owned(mem));
+        crate::file::hold(id);
+        let lim = Limiter::from_region(region, Memory::File(mem, id));
         if created {
             return Ok((lim, Opened::Created));
         }
@@ -323,6 +346,18 @@ impl Limiter {
         } else {
             Err(Error::InvalidArgument("another process has been updating the limits for seconds; try again"))
         }
+    }
+
+    /// Closes the connections this process opened and has not closed;
+    /// returns how many.
+    #[cfg(not(loom))]
+    fn close_own_connections(&self) -> usize {
+        let me = process::token();
+        let mine: Vec<u64> = conn::live_connections(&self.region)
+            .filter(|(_, live)| self.region.conn(live.index).owner.load(Ordering::Relaxed) == me)
+            .map(|(handle, _)| handle)
+            .collect();
+        mine.into_iter().filter(|&h| self.disconnect_raw(h)).count()
     }
 
     /// Frees the connections whose owning process no longer exists; returns

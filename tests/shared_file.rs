@@ -166,7 +166,32 @@ fn handles_over_one_file_share_state_and_the_file_outlives_them() {
     assert_eq!(size as usize, Limiter::region_size(&limits()).unwrap());
     let (c, how) = Limiter::open_file(&path.0, None).unwrap();
     assert_eq!(how, Opened::Attached);
-    assert_eq!(c.client_connections(b"x"), 1, "the state lives in the file");
+    assert_eq!(c.limits().max_concurrent_connections, 1, "the state lives in the file");
+    assert_eq!(c.client_connections(b"x"), 0, "the connection left open was closed with the last handle");
+}
+
+/// Connections a process leaves open when it drops its limiters of a file
+/// would hold their clients' slots until the process exits and another
+/// one reaps it: they are closed when the process's last limiter on that
+/// file is dropped, not before.
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn the_last_handle_of_a_process_closes_its_open_connections() {
+    let path = ShmPath::new("lastclose");
+    let (a, _) = Limiter::open_file(&path.0, Some(&limits())).unwrap();
+    let (b, _) = Limiter::open_file(&path.0, None).unwrap();
+    assert!(a.connect_at(b"x", 0).1.is_some());
+    assert!(b.connect_at(b"x", 0).1.is_some());
+    drop(a);
+    assert_eq!(b.client_connections(b"x"), 2, "another handle of this process is open: nothing closed");
+    drop(b);
+    let (c, _) = Limiter::open_file(&path.0, None).unwrap();
+    assert_eq!(c.client_connections(b"x"), 0, "both closed with the last handle");
+    let kept = c.connect_at(b"x", 0).1.unwrap();
+    let other = Limiter::new(&limits()).unwrap();
+    drop(other);
+    assert_eq!(c.client_connections(b"x"), 1, "a limiter of another region changes nothing here");
+    assert!(c.disconnect(kept));
 }
 
 #[test]

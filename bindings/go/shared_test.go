@@ -232,6 +232,34 @@ func TestSharedAttachSameProcessAndErrors(t *testing.T) {
 // Attaching (NewShared or AttachShared on an existing region) frees the
 // connections of processes that died holding them: the engine reaps on
 // attach.
+// Close of this process's last Limiter on a region file closes the Conns
+// it left open: nothing could close them afterwards (Conn.Close after Close
+// is a no-op), and they would hold their client's slots until the process
+// exits and another one reaps it.
+func TestSharedCloseFreesConnsLeftOpen(t *testing.T) {
+	path := shmPath(t, "closeleak")
+	l := testLimits()
+	l.MaxConcurrentConnections = 1
+	lim, err := NewShared(path, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mustConnect(t, lim, "y", 0)
+	if err := lim.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close() // a no-op now
+	again, err := AttachShared(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if n := again.ClientConnections("y"); n != 0 {
+		t.Fatalf("the Conn left open at Close still holds %d slot(s)", n)
+	}
+	mustConnect(t, again, "y", 0)
+}
+
 func TestSharedAttachReapsDeadProcesses(t *testing.T) {
 	path := shmPath(t, "reap")
 	parent, err := NewShared(path, testLimits())
