@@ -623,6 +623,12 @@ impl Limiter {
     /// message rate and bandwidth, the client's message rate and bandwidth.
     /// Allowed messages count against every one of them; denied ones
     /// against none.
+    // Inlined into every caller (the C ABI's functions, the bindings'
+    // callbacks): the decision then stays in registers on its way out
+    // instead of being stored by this function and reloaded by the caller.
+    // Measured through Node's native call, six alternations: 39 to 61 ns
+    // over an empty N-API call inlined, 49 to 73 ns not (median 13 ns less).
+    #[inline(always)]
     pub fn check_message_at(&self, conn: Conn, size: u64, now_ms: u64) -> Decision {
         self.check_traffic(conn, 1, size, size, now_ms)
     }
