@@ -152,9 +152,6 @@ pub(crate) mod process {
     pub(crate) fn is_alive(_token: u64) -> bool {
         true
     }
-    pub(crate) fn pid_of(token: u64) -> u32 {
-        (token >> 32) as u32
-    }
 }
 
 #[cfg(all(test, not(loom)))]

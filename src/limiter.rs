@@ -353,33 +353,31 @@ impl Limiter {
     #[cfg(not(loom))]
     fn close_own_connections(&self) -> usize {
         let me = process::token();
-        let mine: Vec<u64> = conn::live_connections(&self.region)
-            .filter(|(_, live)| self.region.conn(live.index).owner.load(Ordering::Relaxed) == me)
-            .map(|(handle, _)| handle)
-            .collect();
-        mine.into_iter().filter(|&h| self.disconnect_raw(h)).count()
+        self.close_owned_by(|owner| owner == me)
     }
 
     /// Frees the connections whose owning process no longer exists; returns
     /// how many. Hosts call it when a worker starts.
     pub fn reap_dead(&self) -> usize {
         let mut verdicts: Vec<(u64, bool)> = Vec::new();
-        let mut reaped = 0;
-        for (handle, live) in conn::live_connections(&self.region).collect::<Vec<_>>() {
-            let owner = self.region.conn(live.index).owner.load(Ordering::Relaxed);
-            let alive = match verdicts.iter().find(|(t, _)| *t == owner) {
-                Some((_, a)) => *a,
-                None => {
-                    let a = process::is_alive(owner);
-                    verdicts.push((owner, a));
-                    a
-                }
-            };
-            if !alive && self.disconnect_raw(handle) {
-                reaped += 1;
+        self.close_owned_by(|owner| match verdicts.iter().find(|(t, _)| *t == owner) {
+            Some((_, alive)) => !*alive,
+            None => {
+                let alive = process::is_alive(owner);
+                verdicts.push((owner, alive));
+                !alive
             }
-        }
-        reaped
+        })
+    }
+
+    /// Closes every live connection whose owner token `close` picks;
+    /// returns how many this call closed.
+    fn close_owned_by(&self, mut close: impl FnMut(u64) -> bool) -> usize {
+        let live: Vec<_> = conn::live_connections(&self.region).collect();
+        live.into_iter()
+            .filter(|(_, l)| close(self.region.conn(l.index).owner.load(Ordering::Relaxed)))
+            .filter(|&(handle, _)| self.disconnect_raw(handle))
+            .count()
     }
 
     // ---- connections -------------------------------------------------

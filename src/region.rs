@@ -68,6 +68,7 @@ pub(crate) fn thread_hint() -> usize {
 
 /// The hint of a stack address in a process (a `clock::process` token):
 /// the address's hash (0 to 255) plus the pid.
+#[cfg(not(loom))]
 #[inline(always)]
 fn hint_of(stack_addr: usize, process: u64) -> usize {
     let hash = ((stack_addr >> 16) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;

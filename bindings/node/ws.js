@@ -189,20 +189,13 @@ function keepAlive(ws, idleMs) {
  */
 function guard(ws, req, options = {}) {
   const idleMs = idleTimeoutOf(options);
-  const conn = req[kConnection];
-  if (!conn) {
-    if (req[kUntracked] === true) {
-      if (idleMs > 0) {
-        const alive = keepAlive(ws, idleMs);
-        ws.on('message', () => alive.seen()).on('ping', () => alive.seen()).on('pong', () => alive.seen());
-      }
-      return null;
-    }
+  const conn = req[kConnection] ?? null; // null: admitted untracked, nothing to check against
+  if (conn === null && req[kUntracked] !== true) {
     process.emitWarning('ratethrottle/ws: a connection not admitted by verifyClient(limiter) was closed');
     ws.close(1011, 'rate limiter not configured');
     return null;
   }
-  ws.once('close', () => conn.close());
+  if (conn !== null) ws.once('close', () => conn.close());
   const alive = idleMs > 0 ? keepAlive(ws, idleMs) : null;
   const countControl = options.countControlFrames === true;
   let closing = false; // closed for a denial: later frames are dropped unchecked
@@ -210,7 +203,7 @@ function guard(ws, req, options = {}) {
   ws.emit = function emitChecked(event, ...args) {
     const control = event === 'ping' || event === 'pong';
     if (alive !== null && (event === 'message' || control)) alive.seen();
-    const checked = event === 'message' || (control && countControl);
+    const checked = conn !== null && (event === 'message' || (control && countControl));
     if (checked && closing) return false;
     if (checked && !conn.closed) {
       let d;
