@@ -357,17 +357,33 @@ impl Limiter {
     }
 
     /// Frees the connections whose owning process no longer exists; returns
-    /// how many. Hosts call it when a worker starts.
+    /// how many. Hosts call it when a worker starts. Also finishes the
+    /// connects and disconnects that a process killed in their middle left
+    /// half done, so that its clients' live counts and its connection slots
+    /// are given back (such a disconnect counts as a freed connection).
     pub fn reap_dead(&self) -> usize {
         let mut verdicts: Vec<(u64, bool)> = Vec::new();
-        self.close_owned_by(|owner| match verdicts.iter().find(|(t, _)| *t == owner) {
+        let mut dead = move |owner: u64| match verdicts.iter().find(|(t, _)| *t == owner) {
             Some((_, alive)) => !*alive,
             None => {
                 let alive = process::is_alive(owner);
                 verdicts.push((owner, alive));
                 !alive
             }
-        })
+        };
+        let reaped = self.close_owned_by(&mut dead);
+        let stranded: Vec<_> = conn::stranded(&self.region, process::token(), dead).collect();
+        let mut closed = 0;
+        for s in stranded {
+            match s {
+                conn::Stranded::Free(index) => conn::recycle(&self.region, index),
+                conn::Stranded::Holding(index, c, closing) => {
+                    self.give_back(index, c);
+                    closed += closing as usize;
+                }
+            }
+        }
+        reaped + closed
     }
 
     /// Closes every live connection whose owner token `close` picks;
@@ -423,13 +439,15 @@ impl Limiter {
         if !d.allowed || d.reason != Reason::Ok {
             return None;
         }
-        let index = conn::alloc(r)?;
+        let token = process::token();
+        let index = conn::alloc(r, token)?;
+        conn::prepare(r, index, found.index, found.epoch, pos.id, now_ms, token);
         // AcqRel: as in `admit`.
         if slot.compare_exchange(w, counted_connect(&c, &rolled), Ordering::AcqRel, Ordering::Relaxed).is_err() {
             conn::release(r, index);
             return None;
         }
-        let handle = conn::open(r, index, found.index, found.epoch, pos.id, now_ms, process::token());
+        let handle = conn::publish(r, index);
         r.count(|s| &s.connections_allowed, 1);
         Some((d, Conn::from_raw(handle)))
     }
@@ -439,13 +457,15 @@ impl Limiter {
         let r = &self.region;
         let snap = r.header().snapshot();
         let pos = Position::with(now_ms, &snap.window, snap.window_offset);
+        let token = process::token();
         for _ in 0..MAX_RELOOKUPS {
             let Ok(found) = table::find_or_insert(r, h, client, pos) else {
                 return self.table_full(&snap, client, now_ms);
             };
-            let Some(index) = conn::alloc(r) else {
+            let Some(index) = conn::alloc(r, token) else {
                 return self.table_full(&snap, client, now_ms);
             };
+            conn::prepare(r, index, found.index, found.epoch, pos.id, now_ms, token);
             match self.admit(found, &snap, pos, enforce) {
                 Admit::Stale => conn::release(r, index),
                 Admit::Denied(d) => {
@@ -453,7 +473,7 @@ impl Limiter {
                     return (self.report(d, client, 0, 1, now_ms), None);
                 }
                 Admit::Allowed(d) => {
-                    let handle = conn::open(r, index, found.index, found.epoch, pos.id, now_ms, process::token());
+                    let handle = conn::publish(r, index);
                     r.count(|s| &s.connections_allowed, 1);
                     let d = if d.reason != Reason::Ok { self.report(d, client, handle, 1, now_ms) } else { d };
                     return (d, Conn::from_raw(handle));
@@ -499,7 +519,8 @@ impl Limiter {
             r.count(|s| &s.untracked_allowed, 1);
             r.count(|s| &s.connections_allowed, 1);
             let pos = Position::with(now_ms, &snap.window, snap.window_offset);
-            let handle = conn::alloc(r).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, process::token()));
+            let token = process::token();
+            let handle = conn::alloc(r, token).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, token));
             return (Decision { allowed: true, ..d }, handle.and_then(Conn::from_raw));
         }
         (self.report(d, client, 0, 1, now_ms), None)
@@ -512,10 +533,18 @@ impl Limiter {
     }
 
     pub(crate) fn disconnect_raw(&self, handle: u64) -> bool {
-        let r = &self.region;
-        let Some((index, closed)) = conn::close(r, handle) else {
+        let Some((index, closed)) = conn::close(&self.region, handle, process::token()) else {
             return false;
         };
+        self.give_back(index, closed);
+        true
+    }
+
+    /// The rest of a close, once connection slot `index` is closing: gives
+    /// the client's live count back, adds the connection's totals to the
+    /// statistics, and puts the slot back on its free list.
+    fn give_back(&self, index: u32, closed: conn::Closed) {
+        let r = &self.region;
         if closed.client != NO_CLIENT && closed.client < r.layout.slots() {
             let slot = &r.client(closed.client).conns;
             let mut w = slot.load(Ordering::Acquire);
@@ -532,13 +561,14 @@ impl Limiter {
                 }
             }
         }
+        // At once (see `conn::given_back`).
+        conn::given_back(r, index);
         if closed.messages | closed.bytes != 0 {
             let stripe = r.stripe(thread_hint());
             add_saturating(&stripe.closed_messages, closed.messages);
             add_saturating(&stripe.closed_bytes, closed.bytes);
         }
         conn::recycle(r, index);
-        true
     }
 
     /// The seed's `check_connection`: decides without registering. Racy by

@@ -21,8 +21,10 @@ use crate::sync::{spin_wait, AtomicU128, AtomicU32, AtomicU64, AtomicU8, Orderin
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RTHRTL\x00\x01");
 /// Bumped whenever the layout or the meaning of any word changes (2: a
 /// client's home slots are found by multiplication, not by remainder; 3:
-/// owner tokens carry a PID namespace tag, see `clock::process`).
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+/// owner tokens carry a PID namespace tag, see `clock::process`; 4: a
+/// connection slot's state has a busy bit, so that a connect or disconnect
+/// cut short by a killed process can be finished, see `conn`).
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 #[cfg(not(loom))]
 pub(crate) const LANES: usize = 16;
 #[cfg(not(loom))]

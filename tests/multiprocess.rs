@@ -353,7 +353,7 @@ fn attach_refuses_what_is_not_a_ready_region_of_this_layout() {
     // SAFETY: as above.
     match unsafe { Limiter::attach(mem, len) } {
         Err(Error::IncompatibleRegion(why)) => {
-            assert!(why.contains("version 99") && why.contains("version 3"), "{why}")
+            assert!(why.contains("version 99") && why.contains("version 4"), "{why}")
         }
         other => panic!("{:?}", other.map(|_| ())),
     }

@@ -74,6 +74,18 @@ fn child(task: &str, path: &Path) {
             std::io::Write::flush(&mut std::io::stdout()).unwrap();
             let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
         }
+        "churn" => {
+            // Connect and disconnect one client until killed (SIGKILL lands
+            // in the middle of one of them, as in a crashed worker).
+            let (lim, _) = Limiter::open_file(path, None).unwrap();
+            println!("RESULT churning");
+            std::io::Write::flush(&mut std::io::stdout()).unwrap();
+            loop {
+                if let (_, Some(c)) = lim.connect_at(b"churn-client", 1000) {
+                    lim.disconnect(c);
+                }
+            }
+        }
         "hold" => {
             let (lim, _) = Limiter::open_file(path, None).unwrap();
             for _ in 0..3 {
@@ -147,6 +159,38 @@ fn an_attach_frees_the_connections_of_a_dead_process() {
     assert!(lim.connection_info(mine.unwrap()).is_some(), "a live process keeps its connections");
     // An attach keeps the region's limits; the ones passed are only validated.
     assert_eq!(again.limits().max_concurrent_connections, 3);
+}
+
+/// M1/M2: a worker killed in the middle of a connect or a disconnect must
+/// not leave its client's live count raised for ever (each such kill used to
+/// leak one, until the client was locked out for good). After every kill
+/// and `reap_dead` the count is never above the truth (it may read one low
+/// for a kill that lands right after the count changed, which heals when
+/// the client's connections close), and the client can always connect again.
+#[test]
+#[cfg_attr(miri, ignore = "spawns processes and maps files")]
+fn workers_killed_mid_connect_or_disconnect_never_lock_a_client_out() {
+    let path = ShmPath::new("killed");
+    let l = Limits { max_concurrent_connections: 3, max_connections: 256, ..limits() };
+    let (lim, _) = Limiter::open_file(&path.0, Some(&l)).unwrap();
+    let mine = lim.connect_at(b"churn-client", 1000).1.unwrap();
+    for i in 0..60u64 {
+        let mut c = spawn("churn", &path.0);
+        assert_eq!(result_line(&mut c), vec!["churning"]);
+        // Let it churn for 0.2 to 3 ms: kills land all over its loop.
+        std::thread::sleep(Duration::from_micros(200 + (i * 7919) % 2800));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        lim.reap_dead();
+        let n = lim.client_connections(b"churn-client");
+        assert!(n <= 1, "kill {i}: the client counts {n} live connections, but only ours is open");
+    }
+    assert!(lim.disconnect(mine));
+    assert_eq!(lim.client_connections(b"churn-client"), 0);
+    for k in 0..3 {
+        let (d, c) = lim.connect_at(b"churn-client", 2000);
+        assert!(d.allowed && c.is_some(), "connection {k} of 3 refused: {d:?}");
+    }
 }
 
 #[test]

@@ -352,9 +352,12 @@ pub unsafe extern "C" fn rt_limiter_update_limits_at(
 }
 
 /// Frees the connections whose owning process no longer exists (a crashed
-/// worker sharing the region) and returns how many. Hosts call it when a
-/// worker starts. O(max_connections). Returns 0 when `lim` is NULL or not a
-/// live limiter. Thread-safe.
+/// worker sharing the region) and returns how many. Also finishes the
+/// connects and disconnects such a process was killed in the middle of, so
+/// that their clients' live counts are given back (a count may then read one
+/// low until that client's connections close, never high). Hosts call it
+/// when a worker starts. O(max_connections). Returns 0 when `lim` is NULL
+/// or not a live limiter. Thread-safe.
 ///
 /// # Safety
 /// `lim` must be NULL or a live limiter.
