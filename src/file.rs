@@ -8,7 +8,10 @@
 //! process formats, nobody attaches a half-formatted region" hold. The lock
 //! is released before `open_file` returns: it guards only the opening, not
 //! the use. A failed format truncates the file back to empty, so it leaves
-//! no half-made region behind.
+//! no half-made region behind; a format whose process was killed does leave
+//! one (zeroes, or a header without its magic), and since the lock proves
+//! nobody is still formatting it, the next create starts it again from an
+//! empty file (an attach-only open refuses it).
 //!
 //! The file is never resized once it holds a region. Truncating it while it
 //! is mapped makes the next access fault (SIGBUS): that is the caller's bug,
@@ -84,6 +87,19 @@ impl Drop for Locked {
     }
 }
 
+/// Whether the file holds a region whose format its process never finished
+/// (see [`crate::region::unfinished_format`]). Read with `pread`, not a
+/// mapping, so a file shorter than it claims cannot fault.
+fn unfinished(fd: libc::c_int, size: libc::off_t) -> bool {
+    let mut head = [0u8; crate::region::HEAD_LEN];
+    if size < head.len() as libc::off_t {
+        return false;
+    }
+    // SAFETY: a descriptor we own and a writable buffer of head.len() bytes.
+    let n = unsafe { libc::pread(fd, head.as_mut_ptr().cast(), head.len(), 0) };
+    n == head.len() as isize && crate::region::unfinished_format(&head)
+}
+
 fn io_error(what: &'static str, path: &Path) -> Error {
     Error::Io {
         what,
@@ -122,7 +138,16 @@ pub(crate) fn open<T>(
     if unsafe { libc::fstat(fd.0, &mut st) } != 0 {
         return Err(io_error("cannot stat", path));
     }
-    let created = st.st_size == 0;
+    let mut created = st.st_size == 0;
+    if !created && create_size.is_some() && unfinished(fd.0, st.st_size) {
+        // A process died formatting it (the lock is ours, so nobody else is
+        // formatting it now): start again from an empty file.
+        // SAFETY: a descriptor we own, opened for writing.
+        if unsafe { libc::ftruncate(fd.0, 0) } != 0 {
+            return Err(io_error("cannot size", path));
+        }
+        created = true;
+    }
     let id = FileId { dev: st.st_dev as u64, ino: st.st_ino as u64 };
     let len = if created {
         let Some(size) = create_size else {

@@ -271,7 +271,9 @@ impl Limiter {
     /// `limits` is only validated. With `None` the file must already hold a
     /// region. An exclusive `flock` serialises create against attach. An
     /// attach also frees the connections of processes that died holding
-    /// them ([`Limiter::reap_dead`]).
+    /// them ([`Limiter::reap_dead`]). A file whose creator was killed while
+    /// formatting it (no magic yet) is formatted again by the next create
+    /// (with `Some(limits)`); an attach-only open refuses it.
     ///
     /// The limiter unmaps the file when dropped; the file stays (remove it
     /// when no process uses it). When the dropped limiter was this

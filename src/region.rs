@@ -89,10 +89,25 @@ pub(crate) fn thread_hint() -> usize {
 const STATE_READY: u32 = 2;
 const STATE_INITIALIZING: u32 = 1;
 
+/// Bytes of a region's start that [`unfinished_format`] reads: the magic,
+/// the layout version and the state (the header's first three fields).
+pub(crate) const HEAD_LEN: usize = 16;
+
+/// Whether the first bytes of a region file are what a format of this
+/// layout version leaves when its process dies before finishing (zeroes
+/// from the file's sizing, or the header begun): no magic (stored last),
+/// the state not ready, the version ours or not yet written.
+pub(crate) fn unfinished_format(head: &[u8; HEAD_LEN]) -> bool {
+    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let (magic, version, state) = (u64::from_le_bytes(head[..8].try_into().unwrap_or([1; 8])), word(8), word(12));
+    magic == 0 && (version == 0 || version == LAYOUT_VERSION) && (state == 0 || state == STATE_INITIALIZING)
+}
+
 pub(crate) const FLAG_FAIL_OPEN: u32 = 1;
 pub(crate) const FLAG_DRY_RUN: u32 = 2;
 
 /// The region header. Every field is atomic: other processes may read it.
+/// The first three fields' offsets are relied on by [`unfinished_format`].
 #[repr(C, align(64))]
 pub(crate) struct Header {
     pub magic: AtomicU64,

@@ -86,6 +86,12 @@ fn child(task: &str, path: &Path) {
                 }
             }
         }
+        "create_big" => {
+            // Killed by the parent while it formats (262 MB take a while).
+            let big = Limits { max_clients: 1 << 20, max_connections: 1 << 16, ..limits() };
+            let _ = Limiter::open_file(path, Some(&big)).unwrap();
+            println!("RESULT created");
+        }
         "hold" => {
             let (lim, _) = Limiter::open_file(path, None).unwrap();
             for _ in 0..3 {
@@ -191,6 +197,42 @@ fn workers_killed_mid_connect_or_disconnect_never_lock_a_client_out() {
         let (d, c) = lim.connect_at(b"churn-client", 2000);
         assert!(d.allowed && c.is_some(), "connection {k} of 3 refused: {d:?}");
     }
+}
+
+/// M1/M5: the process creating a region file is killed while it formats
+/// it. The file then holds zeroes or a header without its magic, and no
+/// process could ever open it again (every create attached and was refused
+/// as "not a region"). Under the file lock nobody else can be formatting
+/// it, so the next create starts it again; an attach-only open still
+/// refuses it.
+#[test]
+#[cfg_attr(miri, ignore = "spawns processes and maps files")]
+fn a_region_file_whose_creator_was_killed_while_formatting_is_formatted_again() {
+    let path = ShmPath::new("killed-creator");
+    let mut c = spawn("create_big", &path.0);
+    let t0 = Instant::now();
+    while std::fs::metadata(&path.0).map_or(0, |m| m.len()) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the child never sized the file");
+        std::hint::spin_loop();
+    }
+    c.kill().unwrap();
+    assert!(!c.wait().unwrap().success(), "the child finished formatting before it was killed");
+    let mut head = [0u8; 8];
+    std::io::Read::read_exact(&mut std::fs::File::open(&path.0).unwrap(), &mut head).unwrap();
+    assert_eq!(head, [0; 8], "killed mid-format: no magic yet");
+    assert!(matches!(Limiter::open_file(&path.0, None), Err(Error::IncompatibleRegion(_))));
+    let (lim, how) = Limiter::open_file(&path.0, Some(&limits())).unwrap();
+    assert_eq!(how, Opened::Created, "formatted again");
+    assert_eq!(std::fs::metadata(&path.0).unwrap().len() as usize, Limiter::region_size(&limits()).unwrap());
+    assert!(lim.connect_at(b"x", 0).0.allowed);
+    drop(lim);
+    // A header begun (state "initialising", our version) but never finished.
+    let full = Limiter::region_size(&limits()).unwrap();
+    let mut begun = vec![0u8; full];
+    begun[12] = 1;
+    begun[8..12].copy_from_slice(&std::fs::read(&path.0).unwrap()[8..12]);
+    std::fs::write(&path.0, &begun).unwrap();
+    assert_eq!(Limiter::open_file(&path.0, Some(&limits())).unwrap().1, Opened::Created);
 }
 
 #[test]

@@ -212,7 +212,9 @@ pub unsafe extern "C" fn rt_limiter_init_in(
 /// NULL) says which happened. An exclusive `flock` on the file serialises
 /// create against attach, so exactly one process formats; an attach also
 /// frees the connections of processes that died holding them
-/// (`rt_reap_dead`). A failed format leaves the file empty.
+/// (`rt_reap_dead`). A failed format leaves the file empty; a format whose
+/// process was killed leaves a region without its magic, which the next
+/// create (l non-NULL) formats again and an attach-only open refuses.
 ///
 /// Returns `RT_STATUS_NULL_ARGUMENT` (path or out NULL),
 /// `RT_STATUS_INVALID_ARGUMENT` (struct_size, reserved),
