@@ -259,7 +259,7 @@ class WebSocketRateLimiter:
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning milliseconds, or None")
         self.storage = storage
-        self.on_violation = on_violation
+        self._on_violation: Optional[Callable[[Dict[str, Any]], Any]] = None
         self._engine_limits = limits._engine_limits()
         self._shared = storage if isinstance(storage, SharedMemoryStorage) else None
         path = None if self._shared is None else self._shared.path
@@ -286,8 +286,24 @@ class WebSocketRateLimiter:
         self._handles: Dict[str, int] = {}
         self._conns: Dict[int, tuple] = {}
         self._tasks: set = set()
-        if on_violation is not None:
-            self._engine.set_violation_callback(self._violation_hook())
+        self.on_violation = on_violation
+
+    @property
+    def on_violation(self) -> Optional[Callable[[Dict[str, Any]], Any]]:
+        """The violation callback, or None. It may be set (or removed with
+        None) at any time, also through an adapter's ``.limiter``, which is
+        how the seed's adapters (no ``on_violation`` argument) get one."""
+        return self._on_violation
+
+    @on_violation.setter
+    def on_violation(self, callback: Optional[Callable[[Dict[str, Any]], Any]]) -> None:
+        if callback is not None and not callable(callback):
+            raise TypeError("on_violation must be callable or None")
+        self._on_violation = callback
+        hook = None if callback is None else self._violation_hook()
+        for eng in (self._engine, self._key_engine):
+            if eng is not None:
+                eng.set_violation_callback(hook)
 
     # ---- connections -------------------------------------------------
 
@@ -396,7 +412,7 @@ class WebSocketRateLimiter:
                 ),
                 None if self._shared is None else self._shared.keys_path,
             )
-            if self.on_violation is not None:
+            if self._on_violation is not None:
                 eng.set_violation_callback(self._violation_hook())
         if self._clock is None:
             d = eng.check_key(key, message_size)
@@ -501,8 +517,11 @@ class WebSocketRateLimiter:
         if reason != _CONCURRENT:
             info["retry_after"] = _seconds(retry_ms)
         info["reason"] = _REASONS[reason]
+        callback = self._on_violation
+        if callback is None:  # removed while a check was deciding
+            return
         try:
-            r = self.on_violation(info)
+            r = callback(info)
             if inspect.isawaitable(r):
                 task = asyncio.ensure_future(r)
                 self._tasks.add(task)

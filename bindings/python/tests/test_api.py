@@ -391,6 +391,36 @@ async def test_async_violation_callback_is_scheduled_and_errors_do_not_break_che
     assert "on_violation raised" in caplog.text
 
 
+async def test_on_violation_set_after_construction_is_called(caplog):
+    """The seed reads ``limiter.on_violation`` at each violation, and its
+    adapters take no on_violation argument: ``adapter.limiter.on_violation =
+    f`` is how they get one. Setting it later (also after check_key made the
+    key engine) must take effect, and None must stop it cleanly."""
+    from ratethrottle import FastAPIWebSocketLimiter
+
+    seen = []
+    lim = WebSocketRateLimiter(WebSocketLimits(max_message_size=1, messages_per_minute=1))
+    await lim.connect("c", "ip")
+    await lim.check_key("room", 1)  # the key engine exists before the callback
+    lim.on_violation = seen.append
+    assert lim.on_violation == seen.append
+    await lim.check_message("c", 5)
+    await lim.check_key("room", 1)
+    assert [v["type"] for v in seen] == ["message_size", "client_message_rate"]
+    lim.on_violation = None
+    await lim.check_message("c", 5)
+    await lim.check_key("room", 1)
+    assert len(seen) == 2 and "on_violation raised" not in caplog.text
+    with pytest.raises(TypeError, match="on_violation"):
+        lim.on_violation = "not callable"
+
+    adapter = FastAPIWebSocketLimiter(WebSocketLimits(max_concurrent_connections=1))
+    adapter.limiter.on_violation = seen.append
+    await adapter.limiter.connect("a", "1.2.3.4")
+    await adapter.limiter.connect("b", "1.2.3.4")
+    assert seen[-1]["type"] == "concurrent_connections"
+
+
 async def test_violations_wait_in_the_engine_ring():
     lim = WebSocketRateLimiter(WebSocketLimits(max_message_size=1))
     await lim.connect("c", "ip")
