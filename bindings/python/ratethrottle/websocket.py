@@ -359,6 +359,10 @@ class WebSocketRateLimiter:
 
     async def unregister_connection(self, connection_id: str) -> None:
         """Closes a connection; unknown ids are ignored."""
+        self._release(connection_id)
+
+    def _release(self, connection_id: Any) -> None:
+        """``unregister_connection`` without the coroutine (for finalizers)."""
         handle = self._handles.pop(connection_id, None)
         if handle is not None:
             self._conns.pop(handle, None)
@@ -645,7 +649,14 @@ class FastAPIWebSocketLimiter:
         self.limiter = WebSocketRateLimiter(limits, storage)
         self.ipv6_prefix = ipv6_prefix
         self.get_client_id = get_client_id or self._default_get_client_id
-        self.websocket_map: Dict[Any, str] = {}
+        # websocket -> connection id. Weak: when a handler ends without
+        # disconnect() (an exception other than WebSocketDisconnect, a
+        # cancelled task), the WebSocket is freed and its finalizer frees
+        # the connection's slot. A websocket that cannot be weakly
+        # referenced is kept in _pinned and needs disconnect().
+        self.websocket_map: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+        self._pinned: Dict[Any, str] = {}
+        self._finalizers: Dict[str, Any] = {}
 
     def _default_get_client_id(self, websocket: Any) -> str:
         """The peer's host through ``client_key`` (IPv6 by its /64);
@@ -669,18 +680,46 @@ class FastAPIWebSocketLimiter:
         except BaseException:
             await self.limiter.unregister_connection(connection_id)
             raise
-        self.websocket_map[websocket] = connection_id
+        try:
+            self.websocket_map[websocket] = connection_id
+        except TypeError:  # not weakly referenceable
+            self._pinned[websocket] = connection_id
+        else:
+            if connection_id not in self._finalizers:
+                self._finalizers[connection_id] = weakref.finalize(
+                    websocket, self._released, connection_id
+                )
         return True
+
+    def _connection_id(self, websocket: Any) -> Optional[str]:
+        try:
+            return self.websocket_map.get(websocket)
+        except TypeError:
+            return self._pinned.get(websocket)
+
+    def _released(self, connection_id: str) -> None:
+        """The finalizer of a WebSocket freed while still connected."""
+        self._finalizers.pop(connection_id, None)
+        self.limiter._release(connection_id)
 
     async def check_message(self, websocket: Any, message: Any) -> bool:
         """Whether a message (str, bytes or JSON-able data) may pass."""
-        connection_id = self.websocket_map.get(websocket, "")
+        connection_id = self._connection_id(websocket) or ""
         result = await self.limiter.check_message(connection_id, _text_size(message))
         return result["allowed"]
 
     async def disconnect(self, websocket: Any) -> None:
-        connection_id = self.websocket_map.pop(websocket, None)
+        """Frees the connection's slot. A WebSocket freed without it (its
+        handler ended with another exception, or was cancelled) is
+        released when it is garbage-collected."""
+        try:
+            connection_id = self.websocket_map.pop(websocket, None)
+        except TypeError:
+            connection_id = self._pinned.pop(websocket, None)
         if connection_id:
+            fin = self._finalizers.pop(connection_id, None)
+            if fin is not None:
+                fin.detach()
             await self.limiter.unregister_connection(connection_id)
 
 

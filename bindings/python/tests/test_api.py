@@ -558,3 +558,84 @@ async def test_a_limiter_with_a_violation_callback_is_freed():
     del lim
     gc.collect()
     assert ref() is None
+
+
+class FakeWebSocket:
+    """What FastAPIWebSocketLimiter uses of a Starlette WebSocket."""
+
+    def __init__(self, host="10.1.1.1"):
+        self.client = type("Address", (), {"host": host})()
+
+    async def accept(self):
+        pass
+
+    async def close(self, code=1000, reason=None):
+        pass
+
+    async def receive_text(self):
+        await asyncio.Event().wait()  # never: the client stays silent
+
+
+async def test_fastapi_slot_is_freed_when_the_handler_ends_without_disconnect():
+    """A handler that ends with an exception other than WebSocketDisconnect,
+    or whose task is cancelled, never reaches the seed's ``except
+    WebSocketDisconnect: await limiter.disconnect(websocket)``; the slot
+    must not stay taken for good (nor the map grow): it is freed when the
+    WebSocket is."""
+    import gc
+
+    from ratethrottle import FastAPIWebSocketLimiter
+
+    limiter = FastAPIWebSocketLimiter(WebSocketLimits(max_concurrent_connections=1))
+    lim = limiter.limiter
+
+    async def seed_handler(websocket):
+        if not await limiter.connect(websocket):
+            return "refused"
+        try:
+            while True:
+                data = await websocket.receive_text()
+                raise RuntimeError(f"a bug handling {data}")
+        except ConnectionError:  # stands for WebSocketDisconnect
+            await limiter.disconnect(websocket)
+
+    # 1. cancelled mid-handler (server shutdown, client task cancelled)
+    task = asyncio.ensure_future(seed_handler(FakeWebSocket()))
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if lim.get_client_connections("10.1.1.1"):
+            break
+    assert lim.get_client_connections("10.1.1.1") == 1
+    assert await seed_handler(FakeWebSocket()) == "refused"  # one slot, taken
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    del task
+    for _ in range(3):  # the loop drops its last handles on the finished task
+        await asyncio.sleep(0)
+    gc.collect()
+    assert lim.get_client_connections("10.1.1.1") == 0
+    assert len(limiter.websocket_map) == 0 and lim.get_statistics()["active_connections"] == 0
+
+    # 2. an exception other than WebSocketDisconnect
+    ws = FakeWebSocket()
+    assert await limiter.connect(ws)
+    assert lim.get_client_connections("10.1.1.1") == 1
+    del ws  # what the server does once the handler has raised
+    gc.collect()
+    assert lim.get_client_connections("10.1.1.1") == 0
+
+    # 3. disconnect() releases once; the later finalizer does nothing more
+    ws = FakeWebSocket()
+    assert await limiter.connect(ws)
+    assert await limiter.check_message(ws, "hello")
+    await limiter.disconnect(ws)
+    await limiter.disconnect(ws)
+    assert not await limiter.check_message(ws, "hello")
+    other = FakeWebSocket()
+    assert await limiter.connect(other)
+    del ws
+    gc.collect()
+    assert lim.get_client_connections("10.1.1.1") == 1  # other's slot kept
+    await limiter.disconnect(other)
+    assert lim.get_client_connections("10.1.1.1") == 0 and not limiter._finalizers

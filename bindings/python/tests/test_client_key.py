@@ -117,7 +117,8 @@ async def test_fastapi_two_addresses_of_one_64_are_one_client():
     assert fa.limiter.get_client_connections("203.0.113.7") == 1
     await fa.disconnect(a)
     assert fa.limiter.get_client_connections("2001:db8:1:2::/64") == 1
-    assert await fa.connect(FakeWebSocket("2001:db8:1:2::d"))
+    d = FakeWebSocket("2001:db8:1:2::d")
+    assert await fa.connect(d)
     nobody = FakeWebSocket(None)
     assert await fa.connect(nobody)
     assert fa.limiter.get_client_connections("unknown") == 1
@@ -125,11 +126,14 @@ async def test_fastapi_two_addresses_of_one_64_are_one_client():
 
 async def test_fastapi_prefix_and_own_get_client_id():
     fa = FastAPIWebSocketLimiter(LIMITS, ipv6_prefix=128)
-    for h in ("2001:db8::1", "2001:db8::2", "2001:db8::3"):
-        assert await fa.connect(FakeWebSocket(h))
+    # Kept referenced: the adapter frees a WebSocket's slot when it is freed.
+    sockets = [FakeWebSocket(h) for h in ("2001:db8::1", "2001:db8::2", "2001:db8::3")]
+    for ws in sockets:
+        assert await fa.connect(ws)
     assert fa.limiter.get_client_connections("2001:db8::1/128") == 1
     raw = FastAPIWebSocketLimiter(LIMITS, get_client_id=lambda ws: ws.client.host)
-    assert await raw.connect(FakeWebSocket("2001:db8::1"))
+    sockets.append(FakeWebSocket("2001:db8::1"))
+    assert await raw.connect(sockets[-1])
     assert raw.limiter.get_client_connections("2001:db8::1") == 1, "own get_client_id: as it is"
     with pytest.raises(ValueError):
         FastAPIWebSocketLimiter(LIMITS, ipv6_prefix=200)
