@@ -282,10 +282,17 @@ class WebSocketRateLimiter:
             cm_at, ac_at = eng.check_message_at, eng.allows_connection_at
             self._check_message = lambda handle, size: cm_at(handle, size, clock())
             self._allows_connection = lambda client: ac_at(client, clock())
-        # connection id -> engine handle; handle -> (connection id, client id, metadata)
+        # connection id -> engine handle; handle -> (connection id, client id,
+        # metadata, pid of the process that registered it)
         self._handles: Dict[str, int] = {}
         self._conns: Dict[int, tuple] = {}
         self._tasks: set = set()
+        if self._shared is not None:
+            # A region file outlives this limiter, and may stay open in this
+            # process through another limiter on the same path: close the
+            # connections this limiter registered and did not unregister,
+            # or they would hold their clients' slots until the process ends.
+            weakref.finalize(self, _close_connections, self._engine, self._conns)
         self.on_violation = on_violation
 
     @property
@@ -374,7 +381,7 @@ class WebSocketRateLimiter:
             del self._conns[old]
             self._engine.disconnect(old)
         self._handles[connection_id] = handle
-        self._conns[handle] = (connection_id, client_id, metadata)
+        self._conns[handle] = (connection_id, client_id, metadata, os.getpid())
 
     # ---- messages ----------------------------------------------------
 
@@ -437,7 +444,7 @@ class WebSocketRateLimiter:
         info = self._engine.connection_info(handle)
         if info is None:
             return None
-        _, client_id, metadata = self._conns[handle]
+        _, client_id, metadata, _pid = self._conns[handle]
         if metadata is None:
             metadata = {}
         _prefix, _len, connected_ms, last_ms, messages, nbytes = info
@@ -544,6 +551,16 @@ class WebSocketRateLimiter:
         return (
             f"WebSocketRateLimiter(connections={len(self._handles)}, limits={self.limits}{shared})"
         )
+
+
+def _close_connections(engine: "_engine.Engine", conns: Dict[int, tuple]) -> None:
+    """The finalizer of a limiter over a region file: closes the connections
+    it still holds that this process registered (a forked child's copy of
+    its parent's connections is not its own to close)."""
+    pid = os.getpid()
+    for handle, bound in list(conns.items()):
+        if bound[3] == pid:
+            engine.disconnect(handle)
 
 
 def _peer_key(host: Any, ipv6_prefix: int) -> Any:

@@ -175,6 +175,43 @@ async def test_create_then_attach_shares_connections_and_keeps_the_file_limits(s
     assert Engine().opened is None and Engine().path is None
 
 
+async def test_a_freed_limiter_closes_its_connections_in_the_file(storage):
+    """A limiter over a file that is freed (garbage-collected) while it holds
+    connections: nothing can unregister them any more. When another limiter
+    of this process keeps the file open, the engine does not close them
+    either (it does so only for the process's last one), so they held their
+    client's slots until the process ended. A forked child that frees its
+    copy of the limiter must not close its parent's connections."""
+    import gc
+
+    limits = WebSocketLimits(max_concurrent_connections=1, connections_per_minute=0, **SMALL)
+    keeper = WebSocketRateLimiter(limits, storage=storage)  # e.g. another adapter
+    gone = WebSocketRateLimiter(limits, storage=storage)
+    assert (await gone.connect("c", "10.7.7.7"))["allowed"]
+    await gone.check_key("room", 1)
+    del gone
+    gc.collect()
+    assert keeper.get_client_connections("10.7.7.7") == 0
+    assert (await keeper.connect("k", "10.7.7.7"))["allowed"]
+
+    parent = WebSocketRateLimiter(limits, storage=storage)
+    assert (await parent.connect("p", "10.8.8.8"))["allowed"]
+    pid = os.fork()
+    if pid == 0:  # the child: any failure is its exit status
+        code = 1
+        try:
+            del parent
+            gc.collect()
+            code = 0 if keeper.get_client_connections("10.8.8.8") == 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert keeper.get_client_connections("10.8.8.8") == 1
+    await parent.unregister_connection("p")
+    assert keeper.get_client_connections("10.8.8.8") == 0
+
+
 # ---- (3) bad input ----------------------------------------------------------
 
 
