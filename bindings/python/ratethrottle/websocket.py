@@ -283,7 +283,7 @@ class WebSocketRateLimiter:
             self._check_message = lambda handle, size: cm_at(handle, size, clock())
             self._allows_connection = lambda client: ac_at(client, clock())
         # connection id -> engine handle; handle -> (connection id, client id,
-        # metadata, pid of the process that registered it)
+        # metadata, pid of the process that registered it, time.time() then)
         self._handles: Dict[str, int] = {}
         self._conns: Dict[int, tuple] = {}
         self._tasks: set = set()
@@ -381,7 +381,7 @@ class WebSocketRateLimiter:
             del self._conns[old]
             self._engine.disconnect(old)
         self._handles[connection_id] = handle
-        self._conns[handle] = (connection_id, client_id, metadata, os.getpid())
+        self._conns[handle] = (connection_id, client_id, metadata, os.getpid(), time.time())
 
     # ---- messages ----------------------------------------------------
 
@@ -436,26 +436,26 @@ class WebSocketRateLimiter:
     # ---- observation -------------------------------------------------
 
     def get_connection_info(self, connection_id: str) -> Optional[ConnectionInfo]:
-        """A snapshot of a live connection, or None. Times are ``time.time()``
-        seconds, converted from the engine's monotonic clock."""
+        """A snapshot of a live connection, or None. ``connected_at`` is the
+        ``time.time()`` of the registration, as in the seed (the same in
+        every snapshot); ``last_message_time`` adds the engine's monotonic
+        time from the connect to the last allowed message."""
         handle = self._handles.get(connection_id)
         if handle is None:
             return None
         info = self._engine.connection_info(handle)
         if info is None:
             return None
-        _, client_id, metadata, _pid = self._conns[handle]
+        _, client_id, metadata, _pid, connected_at = self._conns[handle]
         if metadata is None:
             metadata = {}
         _prefix, _len, connected_ms, last_ms, messages, nbytes = info
-        now_wall = time.time()
-        now_ms = _engine.now_ms() if self._clock is None else self._clock()
         return ConnectionInfo(
             client_id=client_id,
-            connected_at=now_wall - max(now_ms - connected_ms, 0) / 1000.0,
+            connected_at=connected_at,
             message_count=messages,
             bytes_sent=nbytes,
-            last_message_time=now_wall - max(now_ms - last_ms, 0) / 1000.0,
+            last_message_time=connected_at + max(last_ms - connected_ms, 0) / 1000.0,
             metadata=metadata,
         )
 

@@ -303,6 +303,36 @@ async def test_statistics_and_connection_info(fake_clock):
     assert "ratethrottle" in lim.prometheus()
 
 
+async def test_connected_at_is_the_registration_time_in_every_snapshot(fake_clock):
+    """The seed's connected_at is time.time() at registration. Converted
+    from the engine's coarse clock at each call it moved by up to a clock
+    tick from one snapshot to the next."""
+    import time
+
+    real = WebSocketRateLimiter()
+    before = time.time()
+    await real.connect("c", "ip")
+    after = time.time()
+    snapshots = []
+    for _ in range(20):
+        snapshots.append(real.get_connection_info("c").connected_at)
+        time.sleep(0.0005)
+    assert len(set(snapshots)) == 1
+    assert before <= snapshots[0] <= after
+
+    fake_clock.now = T0
+    lim = limiter(fake_clock)
+    await lim.connect("c", "ip")
+    first = lim.get_connection_info("c")
+    assert first.last_message_time == first.connected_at
+    fake_clock.now += 5_000
+    assert (await lim.check_message("c", 1))["allowed"]
+    fake_clock.now += 60_000
+    info = lim.get_connection_info("c")
+    assert info.connected_at == first.connected_at
+    assert info.last_message_time - info.connected_at == pytest.approx(5.0, abs=1e-6)
+
+
 async def test_register_twice_replaces_the_connection():
     lim = WebSocketRateLimiter()
     await lim.register_connection("c", "ip")
