@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -272,6 +273,7 @@ class WebSocketRateLimiter:
         #: None (in memory), "created" or "attached" (SharedMemoryStorage).
         self.opened: Optional[str] = self._engine.opened
         self._key_engine: Optional[_engine.Engine] = None
+        self._key_engine_lock = threading.Lock()
         self._clock = clock
         # The hot calls, bound once (with a fake clock, through it).
         eng = self._engine
@@ -306,11 +308,12 @@ class WebSocketRateLimiter:
     def on_violation(self, callback: Optional[Callable[[Dict[str, Any]], Any]]) -> None:
         if callback is not None and not callable(callback):
             raise TypeError("on_violation must be callable or None")
-        self._on_violation = callback
         hook = None if callback is None else self._violation_hook()
-        for eng in (self._engine, self._key_engine):
-            if eng is not None:
-                eng.set_violation_callback(hook)
+        with self._key_engine_lock:  # a key engine made meanwhile gets it too
+            self._on_violation = callback
+            for eng in (self._engine, self._key_engine):
+                if eng is not None:
+                    eng.set_violation_callback(hook)
 
     # ---- connections -------------------------------------------------
 
@@ -414,17 +417,7 @@ class WebSocketRateLimiter:
         """
         eng = self._key_engine
         if eng is None:
-            eng = self._key_engine = _new_engine(
-                dict(
-                    self._engine_limits,
-                    client_messages_per_window=self._engine_limits["messages_per_window"],
-                    client_bytes_per_window=self._engine_limits["bytes_per_window"],
-                    max_connections=1,  # keys have no connections
-                ),
-                None if self._shared is None else self._shared.keys_path,
-            )
-            if self._on_violation is not None:
-                eng.set_violation_callback(self._violation_hook())
+            eng = self._open_key_engine()
         if self._clock is None:
             d = eng.check_key(key, message_size)
         else:
@@ -432,6 +425,26 @@ class WebSocketRateLimiter:
         if d is None:
             return {"allowed": True, "reason": "ok"}
         return _message_result(d)
+
+    def _open_key_engine(self) -> "_engine.Engine":
+        """The key engine, made on first use; once, also when threads race
+        to it (two would split a key's counts between them)."""
+        with self._key_engine_lock:
+            eng = self._key_engine
+            if eng is None:
+                eng = _new_engine(
+                    dict(
+                        self._engine_limits,
+                        client_messages_per_window=self._engine_limits["messages_per_window"],
+                        client_bytes_per_window=self._engine_limits["bytes_per_window"],
+                        max_connections=1,  # keys have no connections
+                    ),
+                    None if self._shared is None else self._shared.keys_path,
+                )
+                if self._on_violation is not None:
+                    eng.set_violation_callback(self._violation_hook())
+                self._key_engine = eng
+            return eng
 
     # ---- observation -------------------------------------------------
 

@@ -512,6 +512,43 @@ def test_one_engine_shared_by_threads_loses_nothing():
     assert eng.stats()["denied"]["rate_limit_exceeded"] == 1400
 
 
+def test_threads_racing_to_the_first_check_key_share_one_key_engine(monkeypatch):
+    """The key engine is made on the first check_key. Threads that raced to
+    it each made one, and the key's counts were split between them: more
+    than messages_per_minute passed. The engine is slowed down here so the
+    threads always meet."""
+    import threading
+    import time
+
+    import ratethrottle.websocket as ws
+
+    made = []
+    original = ws._new_engine
+
+    def slow_new_engine(*args):
+        time.sleep(0.05)
+        made.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(ws, "_new_engine", slow_new_engine)
+    lim = WebSocketRateLimiter(WebSocketLimits(messages_per_minute=5, max_clients=64))
+    made.clear()
+    barrier = threading.Barrier(4)
+    allowed = []
+
+    def work():
+        barrier.wait()
+        allowed.extend(asyncio.run(lim.check_key("room", 1))["allowed"] for _ in range(3))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(made) == 1
+    assert allowed.count(True) == 5 and len(allowed) == 12
+
+
 def test_fork_after_init_gives_the_child_its_own_working_copy():
     """TEST-PLAN M9/P3: a limiter made before os.fork() works in the child
     (its own copy-on-write copy of the region, its own process token), and
