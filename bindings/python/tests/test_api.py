@@ -333,6 +333,19 @@ async def test_connected_at_is_the_registration_time_in_every_snapshot(fake_cloc
     assert info.last_message_time - info.connected_at == pytest.approx(5.0, abs=1e-6)
 
 
+async def test_a_full_engine_is_a_table_full_denial_or_a_runtime_error():
+    """README: connect() answers table_full; the seed's pair (check, then
+    register) raises RuntimeError on register and registers nothing."""
+    lim = WebSocketRateLimiter(WebSocketLimits(max_connections=1, max_clients=64))
+    assert (await lim.connect("a", "x"))["allowed"]
+    assert await lim.connect("b", "y") == {"allowed": False, "reason": "table_full"}
+    assert await lim.check_connection("y")  # capacities are not checked here
+    with pytest.raises(RuntimeError, match="table full"):
+        await lim.register_connection("b", "y")
+    assert lim.get_connection_info("b") is None
+    assert lim.get_statistics()["active_connections"] == 1
+
+
 async def test_register_twice_replaces_the_connection():
     lim = WebSocketRateLimiter()
     await lim.register_connection("c", "ip")
