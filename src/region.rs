@@ -304,7 +304,10 @@ impl Layout {
         // About 256 slots a shard, at most 256 shards, a power of two.
         let want = max_clients.checked_mul(SLOTS_PER_CLIENT)?;
         let shards = (want.div_ceil(256)).clamp(1, 256).next_power_of_two();
-        let shard_len = want.div_ceil(shards);
+        // Every slot index must be below `conn::NO_CLIENT`, the index a
+        // connection state gives an untracked connection: at the largest
+        // `max_clients` (2^23) this leaves 2^24 - 256 slots, not 2^24.
+        let shard_len = want.div_ceil(shards).min(crate::conn::NO_CLIENT / shards);
         let slots = shards as usize * shard_len as usize;
         let sz = core::mem::size_of::<Header>();
         let lanes_off = round_up(sz)?;
@@ -1003,6 +1006,28 @@ pub(crate) fn load_id(words: &[AtomicU64; 5], len: &AtomicU32) -> ([u8; 40], u32
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    /// A client in slot `NO_CLIENT` would pass for an untracked connection's
+    /// (no client limits, and its live count never given back on close).
+    #[test]
+    fn every_client_slot_index_is_below_the_untracked_marker() {
+        for max_clients in [
+            1,
+            1000,
+            65_536,
+            crate::limits::MAX_CAPACITY / 2,
+            crate::limits::MAX_CAPACITY - 1,
+            crate::limits::MAX_CAPACITY,
+        ] {
+            let l = Layout::new(max_clients, 1).unwrap();
+            assert!(l.slots() <= crate::conn::NO_CLIENT, "{max_clients} clients: {} slots", l.slots());
+            assert!(
+                l.slots() >= max_clients * SLOTS_PER_CLIENT - l.shards,
+                "{max_clients} clients: {} slots",
+                l.slots()
+            );
+        }
+    }
 
     /// Forked workers (nginx, pre-fork servers) run at their parent's stack
     /// addresses, so the process must move their hint; otherwise every
