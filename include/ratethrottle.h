@@ -280,6 +280,11 @@ typedef struct rt_limits {
  *   traffic; `RT_RETRY_NEVER` when k > L or size > `max_message_size`; 0 for
  *   a concurrency denial (retry when a connection closes) and for
  *   `RT_UNKNOWN_CONNECTION`, `RT_TABLE_FULL` and `RT_INVALID_ARGUMENT`.
+ *   That is the wait on the clock the check used. The plain forms add two
+ *   ticks of their coarse clock to a finite, non-zero wait, because that
+ *   clock runs behind real time by up to a tick or more: a client that
+ *   waits `retry_after_ms` on a precise clock then passes. The `_at` forms
+ *   and violation records (beside their `at_ms`) give the exact wait.
  * - A denied request is not counted against any budget (so `retry_after_ms`
  *   stays exact); denials are counted in `rt_stats.denied`.
  * - Dry run (`RT_FLAG_DRY_RUN`): `allowed` is true, `reason` is the would-be

@@ -16,6 +16,30 @@ pub fn now_ms() -> u64 {
     (ts.tv_sec as u64).wrapping_mul(1000).wrapping_add(ts.tv_nsec as u64 / 1_000_000)
 }
 
+/// What the checks that read [`now_ms`] add to a finite, non-zero
+/// `retry_after_ms`: two clock ticks ([`resolution_ms`] twice).
+///
+/// The coarse clock is the time of the kernel's last tick, so it runs behind
+/// real time by up to a tick, and more when a tick comes late (up to 5.5 ms
+/// with 4 ms ticks measured on a busy 2-core VM). The engine's wait is exact
+/// on its own clock; a client that waits that long on a precise clock could
+/// retry while the coarse clock has not yet reached the moment the wait was
+/// computed for, and be refused again. Two ticks cover a lag of up to one
+/// tick more at the retry than at the denial. The `_at` forms take the
+/// caller's clock and add nothing.
+pub fn wait_margin_ms() -> u64 {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    static MARGIN: AtomicU64 = AtomicU64::new(0);
+    match MARGIN.load(Ordering::Relaxed) {
+        0 => {
+            let m = 2 * resolution_ms();
+            MARGIN.store(m, Ordering::Relaxed);
+            m
+        }
+        m => m,
+    }
+}
+
 /// Resolution of [`now_ms`] in ms (rounded up).
 pub fn resolution_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

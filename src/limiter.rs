@@ -152,6 +152,17 @@ fn judge(checks: &[Check]) -> Verdict {
 }
 
 /// The decision for a failed check.
+/// A decision of a plain form (one that read the engine's coarse clock): a
+/// finite, non-zero wait gets [`clock::wait_margin_ms`], so that a client
+/// waiting it on a precise clock is not refused by the clock's lag.
+#[inline(always)]
+fn on_engine_clock(mut d: Decision) -> Decision {
+    if d.retry_after_ms != 0 && d.retry_after_ms != RETRY_NEVER {
+        d.retry_after_ms = d.retry_after_ms.saturating_add(clock::wait_margin_ms());
+    }
+    d
+}
+
 fn denial(c: &Check, retry_after_ms: u64) -> Decision {
     let (current, remaining) = c.budget(0);
     Decision { allowed: false, reason: c.reason, retry_after_ms, limit: c.limit, remaining, current }
@@ -403,7 +414,8 @@ impl Limiter {
     /// Atomically checks and registers a connection of `client`, reading the
     /// limiter's clock. See [`Limiter::connect_at`].
     pub fn connect(&self, client: &[u8]) -> (Decision, Option<Conn>) {
-        self.connect_at(client, clock::now_ms())
+        let (d, c) = self.connect_at(client, clock::now_ms());
+        (on_engine_clock(d), c)
     }
 
     /// Atomically checks table capacity, concurrency and connection rate for
@@ -576,7 +588,7 @@ impl Limiter {
     /// The seed's `check_connection`: decides without registering. Racy by
     /// design: use [`Limiter::connect`] to decide and register in one step.
     pub fn check_connection(&self, client: &[u8]) -> Decision {
-        self.check_connection_at(client, clock::now_ms())
+        on_engine_clock(self.check_connection_at(client, clock::now_ms()))
     }
 
     /// [`Limiter::check_connection`] with the caller's clock.
@@ -646,7 +658,7 @@ impl Limiter {
     /// limiter's clock. See [`Limiter::check_message_at`].
     #[inline]
     pub fn check_message(&self, conn: Conn, size: u64) -> Decision {
-        self.check_message_at(conn, size, clock::now_ms())
+        on_engine_clock(self.check_message_at(conn, size, clock::now_ms()))
     }
 
     /// Checks, in order: the handle, `max_message_size`, the connection's
@@ -683,7 +695,7 @@ impl Limiter {
     /// # Ok::<(), ratethrottle::Error>(())
     /// ```
     pub fn check_continuation(&self, conn: Conn, size: u64, message_size: u64) -> Decision {
-        self.check_continuation_at(conn, size, message_size, clock::now_ms())
+        on_engine_clock(self.check_continuation_at(conn, size, message_size, clock::now_ms()))
     }
 
     /// [`Limiter::check_continuation`] with the caller's clock.
@@ -887,7 +899,7 @@ impl Limiter {
     /// # Ok::<(), ratethrottle::Error>(())
     /// ```
     pub fn check_key(&self, key: &[u8], size: u64) -> Decision {
-        self.check_key_at(key, size, clock::now_ms())
+        on_engine_clock(self.check_key_at(key, size, clock::now_ms()))
     }
 
     /// [`Limiter::check_key`] with the caller's clock.
