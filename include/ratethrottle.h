@@ -699,8 +699,10 @@ rt_status rt_limiter_init_in(void *mem,
  * create against attach, so exactly one process formats; an attach also
  * frees the connections of processes that died holding them
  * (`rt_reap_dead`). A failed format leaves the file empty; a format whose
- * process was killed leaves a region without its magic, which the next
- * create (l non-NULL) formats again and an attach-only open refuses.
+ * process was killed leaves a region begun (its first 16 bytes are written
+ * before the file is sized: no magic, state initialising), which the next
+ * create (l non-NULL) formats again and an attach-only open refuses; a file
+ * of zeroes, or any other non-region file, is refused and left untouched.
  *
  * Returns `RT_STATUS_NULL_ARGUMENT` (path or out NULL),
  * `RT_STATUS_INVALID_ARGUMENT` (struct_size, reserved),

@@ -9,9 +9,12 @@
 //! is released before `open_file` returns: it guards only the opening, not
 //! the use. A failed format truncates the file back to empty, so it leaves
 //! no half-made region behind; a format whose process was killed does leave
-//! one (zeroes, or a header without its magic), and since the lock proves
-//! nobody is still formatting it, the next create starts it again from an
-//! empty file (an attach-only open refuses it).
+//! one: its first 16 bytes, written before the file is sized, say "format
+//! begun" (`region::format_begun`: no magic, our layout version, state
+//! initialising). Since the lock proves nobody is still formatting it, the
+//! next create starts it again from an empty file (an attach-only open
+//! refuses it). A file of zeroes is not taken for one: it is refused and
+//! left as it is.
 //!
 //! The file is never resized once it holds a region. Truncating it while it
 //! is mapped makes the next access fault (SIGBUS): that is the caller's bug,
@@ -156,8 +159,18 @@ pub(crate) fn open<T>(
         let Ok(off) = libc::off_t::try_from(size) else {
             return Err(Error::InvalidArgument("region size too large for a file"));
         };
+        // The head of a format begun, before the file is sized: a process
+        // killed from here on leaves a file the next create formats again.
+        let head = crate::region::format_begun();
+        // SAFETY: a descriptor we own, opened for writing; a buffer of
+        // head.len() bytes.
+        if unsafe { libc::pwrite(fd.0, head.as_ptr().cast(), head.len(), 0) } != head.len() as isize {
+            return Err(io_error("cannot write", path));
+        }
         // SAFETY: a descriptor we own, opened for writing.
         if unsafe { libc::ftruncate(fd.0, off) } != 0 {
+            // SAFETY: as above; best effort, leaving the file empty.
+            unsafe { libc::ftruncate(fd.0, 0) };
             return Err(io_error("cannot size", path));
         }
         size

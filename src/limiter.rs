@@ -283,8 +283,9 @@ impl Limiter {
     /// region. An exclusive `flock` serialises create against attach. An
     /// attach also frees the connections of processes that died holding
     /// them ([`Limiter::reap_dead`]). A file whose creator was killed while
-    /// formatting it (no magic yet) is formatted again by the next create
-    /// (with `Some(limits)`); an attach-only open refuses it.
+    /// formatting it (its head says "format begun", no magic yet) is
+    /// formatted again by the next create (with `Some(limits)`); an
+    /// attach-only open refuses it. A file of zeroes is refused, untouched.
     ///
     /// The limiter unmaps the file when dropped; the file stays (remove it
     /// when no process uses it). When the dropped limiter was this

@@ -93,14 +93,24 @@ const STATE_INITIALIZING: u32 = 1;
 /// the layout version and the state (the header's first three fields).
 pub(crate) const HEAD_LEN: usize = 16;
 
+/// The first bytes of a region whose format has begun: no magic (it is
+/// stored last), this layout version, the state "initialising". A region
+/// file gets them before it is sized, and [`Region::init`] keeps them while
+/// it zeroes the rest, so a process killed at any point of a format leaves
+/// them (and [`unfinished_format`] tells them from a file of zeroes, which
+/// is not ours to overwrite).
+pub(crate) fn format_begun() -> [u8; HEAD_LEN] {
+    let mut head = [0u8; HEAD_LEN];
+    head[8..12].copy_from_slice(&LAYOUT_VERSION.to_ne_bytes());
+    head[12..16].copy_from_slice(&STATE_INITIALIZING.to_ne_bytes());
+    head
+}
+
 /// Whether the first bytes of a region file are what a format of this
-/// layout version leaves when its process dies before finishing (zeroes
-/// from the file's sizing, or the header begun): no magic (stored last),
-/// the state not ready, the version ours or not yet written.
+/// layout version leaves when its process dies before finishing
+/// ([`format_begun`]).
 pub(crate) fn unfinished_format(head: &[u8; HEAD_LEN]) -> bool {
-    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
-    let (magic, version, state) = (u64::from_le_bytes(head[..8].try_into().unwrap_or([1; 8])), word(8), word(12));
-    magic == 0 && (version == 0 || version == LAYOUT_VERSION) && (state == 0 || state == STATE_INITIALIZING)
+    *head == format_begun()
 }
 
 pub(crate) const FLAG_FAIL_OPEN: u32 = 1;
@@ -651,9 +661,14 @@ impl Region {
         if len < layout.total {
             return Err(Error::RegionTooSmall { needed: layout.total, given: len });
         }
-        // SAFETY: the caller guarantees base[..len] is ours to write; zero
-        // bytes are a valid value of every atomic in the region.
-        unsafe { core::ptr::write_bytes(base, 0, layout.total) };
+        // SAFETY: the caller guarantees base[..len] is ours to write (len >=
+        // total > HEAD_LEN); zero bytes are a valid value of every atomic in
+        // the region. The head first, so that a process killed while the
+        // rest is zeroed (long, for a large region) leaves `format_begun`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(format_begun().as_ptr(), base, HEAD_LEN);
+            core::ptr::write_bytes(base.add(HEAD_LEN), 0, layout.total - HEAD_LEN);
+        }
         let region =
             Region { base: core::ptr::NonNull::new(base).ok_or(Error::InvalidArgument("memory is NULL"))?, layout };
         region.format(l);

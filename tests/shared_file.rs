@@ -233,6 +233,11 @@ fn a_region_file_whose_creator_was_killed_while_formatting_is_formatted_again() 
     begun[8..12].copy_from_slice(&std::fs::read(&path.0).unwrap()[8..12]);
     std::fs::write(&path.0, &begun).unwrap();
     assert_eq!(Limiter::open_file(&path.0, Some(&limits())).unwrap().1, Opened::Created);
+    // A file of zeroes is not a format begun: it is someone else's, refused
+    // and left as it is.
+    std::fs::write(&path.0, vec![0u8; full]).unwrap();
+    assert!(matches!(Limiter::open_file(&path.0, Some(&limits())), Err(Error::IncompatibleRegion(_))));
+    assert!(std::fs::read(&path.0).unwrap().iter().all(|&b| b == 0), "a file of zeroes was written to");
 }
 
 #[test]
