@@ -111,6 +111,7 @@ static ngx_uint_t ngx_http_ratethrottle_ws_verdict(
     ngx_http_ratethrottle_ctx_t *ctx, rt_decision *d, const char *what,
     uint64_t size);
 static ngx_int_t ngx_http_ratethrottle_header_filter(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_ratethrottle_is_websocket(ngx_http_request_t *r);
 static ssize_t ngx_http_ratethrottle_recv(ngx_connection_t *c, u_char *buf,
     size_t size);
 static ssize_t ngx_http_ratethrottle_send(ngx_connection_t *c, u_char *buf,
@@ -525,6 +526,16 @@ ngx_http_ratethrottle_header_filter(ngx_http_request_t *r)
 
     c = r->connection;
 
+    if (!ngx_http_ratethrottle_is_websocket(r)) {
+        /*
+         * another protocol (a raw TCP tunnel, h2c, SPDY...): its bytes are
+         * not WebSocket frames; the request keeps its connection slot
+         */
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                       "ratethrottle: upgrade is not to WebSocket");
+        return ngx_http_next_header_filter(r);
+    }
+
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
                    "ratethrottle: watching WebSocket frames");
 
@@ -555,6 +566,55 @@ ngx_http_ratethrottle_header_filter(ngx_http_request_t *r)
     }
 
     return ngx_http_next_header_filter(r);
+}
+
+
+/*
+ * The upstream switched to WebSocket: its 101 names "websocket" in the
+ * Upgrade header (RFC 6455 4.2.2; a client fails the handshake without it).
+ */
+
+static ngx_uint_t
+ngx_http_ratethrottle_is_websocket(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash == 0
+            || h[i].key.len != sizeof("Upgrade") - 1
+            || ngx_strncasecmp(h[i].key.data, (u_char *) "Upgrade",
+                               sizeof("Upgrade") - 1)
+               != 0)
+        {
+            continue;
+        }
+
+        if (ngx_strlcasestrn(h[i].value.data,
+                             h[i].value.data + h[i].value.len,
+                             (u_char *) "websocket", sizeof("websocket") - 2)
+            != NULL)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import urllib.error
@@ -80,6 +81,8 @@ http {{
                       messages=1000 clients=100 max_connections=200;
     ratethrottle_zone $http_x_client zone=idle:1m concurrent=1
                       connections=100000;
+    ratethrottle_zone $http_x_client zone=tunnel:1m messages=2
+                      max_message_size=16 connections=100000;
 
     upstream backend {{
         server 127.0.0.1:{bport};
@@ -138,6 +141,11 @@ http {{
             ratethrottle off;
             proxy_pass http://backend;
         }}
+        # an upgrade to another protocol than WebSocket (a raw TCP tunnel)
+        location /tunnel {{
+            ratethrottle zone=tunnel;
+            proxy_pass http://127.0.0.1:{tport};
+        }}
 
         location = /rt-status/conc {{ ratethrottle_status zone=conc; }}
         location = /rt-status/spam {{ ratethrottle_status zone=spam; }}
@@ -149,6 +157,7 @@ http {{
         location = /rt-status/zdry {{ ratethrottle_status zone=zdry; }}
         location = /rt-status/agg  {{ ratethrottle_status zone=agg; }}
         location = /rt-status/idle {{ ratethrottle_status zone=idle; }}
+        location = /rt-status/tunnel {{ ratethrottle_status zone=tunnel; }}
     }}
 }}
 """
@@ -175,6 +184,8 @@ class Env:
         self.valgrind = False
         self.idle = "1s"
         self.skipped = []
+        self.tunnel = None
+        self.tport = None
 
     # --- processes -------------------------------------------------------
 
@@ -191,6 +202,40 @@ class Env:
             raise RuntimeError(f"backend did not start: {line!r}")
         self.bport = int(m.group(1))
 
+    def start_tunnel(self):
+        """An upstream that upgrades every request to a raw TCP echo
+        ("Upgrade: tcp", as Docker's attach API does), in a thread."""
+        self.tunnel = socket.create_server(("127.0.0.1", 0))
+        self.tport = self.tunnel.getsockname()[1]
+
+        def serve(c):
+            with c:
+                c.settimeout(60)
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(4096)
+                    if not d:
+                        return
+                    buf += d
+                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\n"
+                          b"Upgrade: tcp\r\nConnection: Upgrade\r\n\r\n"
+                          + buf.split(b"\r\n\r\n", 1)[1])
+                while True:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    c.sendall(d)
+
+        def accept():
+            while True:
+                try:
+                    c, _ = self.tunnel.accept()
+                except OSError:
+                    return
+                threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
     def write_conf(self, text=None, name="nginx.conf", rl_conns=3,
                    rl_key="$http_x_client"):
         path = os.path.join(self.tmp, name)
@@ -198,7 +243,7 @@ class Env:
             f.write(text if text is not None else CONF.format(
                 tmp=self.tmp, module=self.module, port=self.port,
                 bport=self.bport, rl_conns=rl_conns, rl_key=rl_key,
-                idle=self.idle))
+                idle=self.idle, tport=self.tport))
         return path
 
     def access_log(self):
@@ -248,6 +293,8 @@ class Env:
             except subprocess.TimeoutExpired:
                 self.master.kill()
                 self.master.wait(timeout=5)
+        if self.tunnel is not None:
+            self.tunnel.close()
         if self.backend is not None and self.backend.poll() is None:
             self.backend.terminate()
             try:
@@ -953,6 +1000,46 @@ async def t_message_limits(env):
           "bandwidth denial count")
 
 
+async def t_other_upgrade(env):
+    """An upgrade to another protocol than WebSocket (the upstream's 101
+    says "Upgrade: tcp") is a tunnel the module does not parse as frames:
+    its bytes pass unchanged, it holds its connection slot, and frees it."""
+    s = socket.create_connection(("127.0.0.1", env.port), timeout=10)
+    env.raw.append(s)
+    s.sendall(b"GET /tunnel/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              b"Upgrade: tcp\r\nConnection: Upgrade\r\n"
+              b"X-Client: tunnel\r\n\r\n")
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(4096)
+        check(d, f"no upgrade response: {buf!r}")
+        buf += d
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    check(head.startswith(b"HTTP/1.1 101"), f"tunnel upgrade: {head!r:.80}")
+    check(env.status("tunnel")["active_connections"] == 1,
+          "the tunnel holds no connection slot")
+    # unmasked, reserved opcodes, "frames" over the zone's size and rate
+    # (max_message_size=16, messages=2): none of it is WebSocket
+    sent = b""
+    for i in range(10):
+        chunk = b"GET line %d of a raw tunnel, not a WebSocket frame\n" % i
+        chunk += bytes([0x82, 0x7e, 0xff, 0xff]) + b"x" * 40
+        s.sendall(chunk)
+        sent += chunk
+        while len(buf) < len(sent):
+            d = s.recv(65536)
+            check(d, f"tunnel closed after {len(buf)} of {len(sent)} bytes: "
+                     f"{buf[-40:]!r}")
+            buf += d
+    check(buf == sent, f"tunnel bytes changed: {buf[:40]!r}")
+    s.close()
+    await wait_for(lambda: env.status("tunnel")["active_connections"] == 0,
+                   "the tunnel's slot to be freed")
+    check("ratethrottle: " not in "".join(
+              line for line in env.log().splitlines() if "/tunnel/" in line),
+          "the module judged the tunnel's bytes")
+
+
 async def t_dry_run(env):
     """ratethrottle_dry_run on: nothing denied, every would-be denial logged;
     the zone's dry_run flag: allowed, counted in dry_run_denied."""
@@ -1124,6 +1211,8 @@ TESTS = [
      t_half_open),
     ("message limits: flood 1008, oversize/fragmented 1009, honest echo",
      t_message_limits),
+    ("other upgrades: a raw TCP tunnel is not parsed as WebSocket",
+     t_other_upgrade),
     ("dry run", t_dry_run),
     ("status location", t_status),
     ("reload keeps state", t_reload),
@@ -1198,6 +1287,7 @@ def main():
     results = []
     try:
         env.start_backend()
+        env.start_tunnel()
         env.start_nginx()
         print(f"nginx master {env.master.pid} workers {env.workers()} "
               f"on 127.0.0.1:{env.port}, backend :{env.bport}", flush=True)
