@@ -558,10 +558,14 @@ ngx_http_ratethrottle_header_filter(ngx_http_request_t *r)
         k = ngx_http_ratethrottle_ws_parse(ctx, b->pos, n);
 
         if (k < n) {
-            /* forward what passed, then close when the relay reads */
+            /* forward what passed (an incomplete header is held back) */
             b->last = b->pos + k;
-            c->read->ready = 1;
-            ngx_post_event(c->read, &ngx_posted_events);
+
+            if (ctx->closing) {
+                /* close when the relay reads */
+                c->read->ready = 1;
+                ngx_post_event(c->read, &ngx_posted_events);
+            }
         }
     }
 
@@ -621,7 +625,7 @@ ngx_http_ratethrottle_is_websocket(ngx_http_request_t *r)
 static ssize_t
 ngx_http_ratethrottle_recv(ngx_connection_t *c, u_char *buf, size_t size)
 {
-    size_t                        k;
+    size_t                        k, held;
     ssize_t                       n;
     ngx_http_request_t           *r;
     ngx_http_ratethrottle_ctx_t  *ctx;
@@ -676,16 +680,53 @@ ngx_http_ratethrottle_recv(ngx_connection_t *c, u_char *buf, size_t size)
         }
     }
 
-    n = ctx->orig_recv(c, buf, size);
+    /*
+     * An incomplete frame header left by the last read was not forwarded
+     * (ngx_http_ratethrottle_ws_parse): it goes first, before the new bytes,
+     * and is parsed again with them.
+     */
 
-    if (n <= 0) {
-        return n;
-    }
+    held = ctx->in.hdr_len;
 
-    k = ngx_http_ratethrottle_ws_parse(ctx, buf, (size_t) n);
+    for ( ;; ) {
 
-    if (k == (size_t) n) {
-        return n;
+        if (held) {
+            if (size <= held) {
+                /* no room: the relay calls again once it wrote upstream */
+                return NGX_AGAIN;
+            }
+
+            ngx_memcpy(buf, ctx->in.hdr, held);
+        }
+
+        n = ctx->orig_recv(c, buf + held, size - held);
+
+        if (n <= 0) {
+            /* the held header stays in ctx->in */
+            return n;
+        }
+
+        ctx->in.hdr_len = 0;
+        ctx->in.hdr_need = 0;
+        n += held;
+
+        k = ngx_http_ratethrottle_ws_parse(ctx, buf, (size_t) n);
+
+        if (k == (size_t) n) {
+            return n;
+        }
+
+        if (ctx->closing) {
+            break;
+        }
+
+        if (k > 0) {
+            /* complete frames pass; the incomplete header is held */
+            return (ssize_t) k;
+        }
+
+        /* nothing but an incomplete header yet: read on */
+        held = ctx->in.hdr_len;
     }
 
     /* forward the frames that passed; the next call sends the Close */
@@ -840,8 +881,10 @@ ngx_http_ratethrottle_send(ngx_connection_t *c, u_char *buf, size_t size)
 
 /*
  * Parses client-to-upstream bytes. Returns how many of the len bytes may be
- * forwarded: len when everything passed, or the offset (in buf) of the frame
- * that was refused; ctx->closing and ctx->close_code are then set. Once
+ * forwarded: len when everything passed, the offset (in buf) of an
+ * incomplete frame header that ends them (held back in ctx->in.hdr), or the
+ * offset of the frame that was refused; ctx->closing and ctx->close_code are
+ * then set. Once
  * closing, frames are only followed (nothing is checked or forwarded) until
  * the client's Close frame, which sets ctx->client_closed.
  */
@@ -903,6 +946,17 @@ ngx_http_ratethrottle_ws_parse(ngx_http_ratethrottle_ctx_t *ctx, u_char *buf,
                 return pass;
             }
         }
+    }
+
+    if (!ctx->closing && f->hdr_len) {
+        /*
+         * An incomplete frame header ends the bytes: it is held back (the
+         * caller keeps it in f->hdr and puts it before the next bytes), so
+         * no byte of a frame, its length included, is forwarded before the
+         * frame is decided. Every byte of it is in buf: a header held from
+         * an earlier read was put before these bytes and parsed again.
+         */
+        pass = len - f->hdr_len;
     }
 
     return pass;

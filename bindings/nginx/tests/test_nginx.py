@@ -146,6 +146,11 @@ http {{
             ratethrottle zone=tunnel;
             proxy_pass http://127.0.0.1:{tport};
         }}
+        # a WebSocket upstream that records the bytes it gets
+        location /rec {{
+            ratethrottle zone=tunnel;
+            proxy_pass http://127.0.0.1:{tport};
+        }}
 
         location = /rt-status/conc {{ ratethrottle_status zone=conc; }}
         location = /rt-status/spam {{ ratethrottle_status zone=spam; }}
@@ -203,10 +208,13 @@ class Env:
         self.bport = int(m.group(1))
 
     def start_tunnel(self):
-        """An upstream that upgrades every request to a raw TCP echo
-        ("Upgrade: tcp", as Docker's attach API does), in a thread."""
+        """A raw upstream in a thread: it answers every request with a 101
+        naming the protocol the client asked for, then echoes a raw TCP
+        tunnel ("Upgrade: tcp", as Docker's attach API does) or, for a
+        WebSocket, records the bytes it gets (self.tunnel_got[X-Client])."""
         self.tunnel = socket.create_server(("127.0.0.1", 0))
         self.tport = self.tunnel.getsockname()[1]
+        self.tunnel_got = {}
 
         def serve(c):
             with c:
@@ -217,14 +225,28 @@ class Env:
                     if not d:
                         return
                     buf += d
-                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\n"
-                          b"Upgrade: tcp\r\nConnection: Upgrade\r\n\r\n"
-                          + buf.split(b"\r\n\r\n", 1)[1])
+                head, got = buf.split(b"\r\n\r\n", 1)
+                hdrs = dict(line.split(b":", 1) for line in
+                            head.split(b"\r\n")[1:] if b":" in line)
+                hdrs = {k.strip().lower(): v.strip() for k, v in hdrs.items()}
+                proto = hdrs.get(b"upgrade", b"tcp")
+                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: "
+                          + proto + b"\r\nConnection: Upgrade\r\n\r\n")
+                echo = proto.lower() != b"websocket"
+                if echo and got:
+                    c.sendall(got)
                 while True:
-                    d = c.recv(65536)
+                    try:
+                        d = c.recv(65536)
+                    except OSError:
+                        d = b""
                     if not d:
-                        return
-                    c.sendall(d)
+                        break
+                    if echo:
+                        c.sendall(d)
+                    else:
+                        got += d
+                self.tunnel_got[hdrs.get(b"x-client", b"").decode()] = got
 
         def accept():
             while True:
@@ -1040,6 +1062,62 @@ async def t_other_upgrade(env):
           "the module judged the tunnel's bytes")
 
 
+async def t_split_headers(env):
+    """Frame headers split across reads: nothing of a frame, not even the
+    length in its header, reaches the upstream before the frame is decided;
+    allowed frames trickled one byte per read arrive whole and in order."""
+    async def recorded(client):
+        return await wait_for(lambda: env.tunnel_got.get(client),
+                              f"the upstream's record of {client}")
+
+    ok = frame(0x1, b"ok")
+    # 17 bytes: over max_message_size=16; its header is 2 + 4 (mask) bytes
+    big = frame(0x2, b"z" * 17)
+    raw = RawWS(env, "/rec/ws", "split-refused")
+    env.raw.append(raw)
+    check(raw.status == 101, f"handshake {raw.status}")
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # the header in three reads: its first byte; its length and half its
+    # mask key; the rest
+    for part in (ok + big[:1], big[1:4], big[4:]):
+        raw.send(part)
+        await asyncio.sleep(0.2)
+    check(raw.read_close() == 1009, "split oversize header: close code")
+    raw.close()
+    got = await recorded("split-refused")
+    check(got == ok, f"the upstream got {got.hex()}, want only the allowed "
+                     f"frame {ok.hex()}")
+
+    # the same with the header's start among the bytes sent before the 101
+    raw = RawWS(env, "/rec/ws", "split-preload", preload=ok + big[:3])
+    env.raw.append(raw)
+    check(raw.status == 101, f"preload handshake {raw.status}")
+    await asyncio.sleep(0.2)
+    raw.send(big[3:])
+    check(raw.read_close() == 1009, "split preloaded header: close code")
+    raw.close()
+    got = await recorded("split-preload")
+    check(got == ok, f"preload: the upstream got {got.hex()}")
+
+    # allowed frames, one byte per write: a held header is never lost or
+    # sent twice
+    stream = (frame(0x1, b"a" * 5, fin=False) + frame(0x9, b"p")
+              + frame(0x0, b"b" * 3) + frame(0x2, b""))
+    raw = RawWS(env, "/rec/ws", "trickle")
+    env.raw.append(raw)
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(stream)):
+        raw.send(stream[i:i + 1])
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    raw.close()
+    got = await recorded("trickle")
+    check(got == stream, f"trickled frames: the upstream got {got.hex()}, "
+                         f"want {stream.hex()}")
+    await wait_for(lambda: env.status("tunnel")["active_connections"] == 0,
+                   "the recording connections' slots to be freed")
+
+
 async def t_dry_run(env):
     """ratethrottle_dry_run on: nothing denied, every would-be denial logged;
     the zone's dry_run flag: allowed, counted in dry_run_denied."""
@@ -1213,6 +1291,7 @@ TESTS = [
      t_message_limits),
     ("other upgrades: a raw TCP tunnel is not parsed as WebSocket",
      t_other_upgrade),
+    ("split frame headers: held back until decided", t_split_headers),
     ("dry run", t_dry_run),
     ("status location", t_status),
     ("reload keeps state", t_reload),
