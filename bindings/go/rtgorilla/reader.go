@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -25,10 +26,15 @@ type Options struct {
 	Policy rt.MessagePolicy
 	// ReadLimit, when > 0, is set with SetReadLimit as the transport's memory
 	// guard: gorilla then refuses a larger message itself (closing with 1009)
-	// before it is buffered. The engine decides on the message's full size,
-	// so a message must be read before it is checked; keep ReadLimit above
-	// the limiter's MaxMessageSize so that the engine is the one deciding.
-	// 0 leaves gorilla's setting alone (its default is no limit).
+	// before it is buffered. gorilla counts the bytes on the wire, which with
+	// permessage-deflate (Upgrader.EnableCompression) are the compressed
+	// ones, so the Reader also stops reading a message once it has inflated
+	// past ReadLimit: it closes with 1009 and ReadMessage returns an error
+	// wrapping websocket.ErrReadLimit (and so does every later call). The
+	// engine decides on the message's full size, so a message must be read
+	// before it is checked; keep ReadLimit above the limiter's
+	// MaxMessageSize so that the engine is the one deciding. 0 leaves
+	// gorilla's setting alone (its default is no limit).
 	ReadLimit int64
 	// Reply sends the error reply of a dropped message. Default: a text
 	// message with rt.ErrorReply(d), written with WriteMessage. gorilla
@@ -83,6 +89,7 @@ type Reader struct {
 
 	idle  time.Duration // > 0: the idle timeout is on
 	pings pinger
+	err   error // set once a message went over ReadLimit: every later read fails
 }
 
 // NewReader wraps ws; conn is the connection opened for it (for instance by
@@ -171,18 +178,40 @@ func (r *Reader) readAllowed() (int, []byte, error) {
 // set before the read and pushed back by every frame that arrives: by the
 // ping/pong handlers, and by every chunk of a message's data (so a large
 // message that arrives slowly but steadily is not cut).
+//
+// ReadLimit is enforced here too, on the message's bytes as the Reader
+// buffers them: gorilla's own limit counts the bytes on the wire, which
+// with permessage-deflate are the compressed ones (a message of a few
+// hundred bytes on the wire can inflate to any size).
 func (r *Reader) next() (int, []byte, error) {
-	if r.idle <= 0 {
-		return r.ws.ReadMessage()
+	if r.err != nil {
+		return 0, nil, r.err
 	}
-	r.alive()
+	if r.idle > 0 {
+		r.alive()
+	}
 	mt, rd, err := r.ws.NextReader()
 	var p []byte
 	if err == nil {
-		p, err = io.ReadAll(activity.Reader{R: rd, Seen: r.alive})
+		if r.idle > 0 {
+			rd = activity.Reader{R: rd, Seen: r.alive}
+		}
+		limit := r.o.ReadLimit
+		if limit > 0 && limit < math.MaxInt64 {
+			rd = io.LimitReader(rd, limit+1)
+		}
+		p, err = io.ReadAll(rd)
+		if err == nil && limit > 0 && int64(len(p)) > limit {
+			// As gorilla does for its own limit: close with 1009, and every
+			// later read fails.
+			msg := websocket.FormatCloseMessage(websocket.CloseMessageTooBig, "")
+			_ = r.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(r.o.CloseTimeout))
+			r.err = fmt.Errorf("rtgorilla: message over ReadLimit (%d bytes) once decompressed: %w", limit, websocket.ErrReadLimit)
+			return 0, nil, r.err
+		}
 	}
 	var ne net.Error
-	if err != nil && errors.As(err, &ne) && ne.Timeout() {
+	if r.idle > 0 && err != nil && errors.As(err, &ne) && ne.Timeout() {
 		// Nothing arrived for the idle timeout: end the TCP connection now
 		// (a half-open peer would never complete a close handshake).
 		_ = r.ws.Close()
