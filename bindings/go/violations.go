@@ -52,7 +52,11 @@ func (l *Limiter) WatchViolations(ctx context.Context, o WatchOptions) <-chan Vi
 		buf := new(cViolationBuf)
 		var batch []Violation
 		for {
-			for {
+			// One pass takes at most a ring's worth of records; while
+			// deciding goroutines refill the ring as fast as it drains, the
+			// next pass follows at once, but ctx is checked between passes.
+			more := true
+			for i := 0; i < violationRing/violationBatch && more; i++ {
 				var ok bool
 				batch, ok = l.drainViolations(buf, batch[:0])
 				if !ok {
@@ -65,9 +69,15 @@ func (l *Limiter) WatchViolations(ctx context.Context, o WatchOptions) <-chan Vi
 						l.violationsDropped.Add(1)
 					}
 				}
-				if len(batch) < violationBatch {
-					break
+				more = len(batch) == violationBatch
+			}
+			if more {
+				select {
+				case <-ctx.Done():
+					return
+				default:
 				}
+				continue
 			}
 			select {
 			case <-ctx.Done():
@@ -79,12 +89,17 @@ func (l *Limiter) WatchViolations(ctx context.Context, o WatchOptions) <-chan Vi
 	return ch
 }
 
-// DrainViolations takes the records waiting in the engine's ring (at most
-// 1024), oldest first, without a goroutine. ErrClosed after Close.
+// violationRing is the capacity of the engine's violation ring (records).
+const violationRing = 1024
+
+// DrainViolations takes the records waiting in the engine's ring, oldest
+// first, without a goroutine: at most 1024 (the ring's capacity), even
+// while other goroutines keep adding records as fast as they are taken.
+// ErrClosed after Close.
 func (l *Limiter) DrainViolations() ([]Violation, error) {
 	buf := new(cViolationBuf)
 	var out []Violation
-	for {
+	for len(out) < violationRing {
 		n := len(out)
 		var ok bool
 		out, ok = l.drainViolations(buf, out)
@@ -92,9 +107,10 @@ func (l *Limiter) DrainViolations() ([]Violation, error) {
 			return out, ErrClosed
 		}
 		if len(out)-n < violationBatch {
-			return out, nil
+			break
 		}
 	}
+	return out, nil
 }
 
 // DroppedViolations counts the records WatchViolations could not deliver
