@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,11 +33,36 @@ type MiddlewareOptions struct {
 
 type connKey struct{}
 
+// connSlot is what Middleware puts in the request's context: the Conn, and
+// whether the handler took it over (TakeConn).
+type connSlot struct {
+	conn  *Conn
+	taken atomic.Bool
+}
+
 // ConnFromContext returns the Conn that Middleware opened for the request
-// (nil when there is none).
+// (nil when there is none). Middleware still closes it when the handler
+// returns.
 func ConnFromContext(ctx context.Context) *Conn {
-	c, _ := ctx.Value(connKey{}).(*Conn)
-	return c
+	if s, _ := ctx.Value(connKey{}).(*connSlot); s != nil {
+		return s.conn
+	}
+	return nil
+}
+
+// TakeConn returns the Conn that Middleware opened for the request (nil
+// when there is none) and takes it over: Middleware no longer closes it
+// when the handler returns, and the caller must Close it when the socket
+// ends. For a handler that hands its socket to another goroutine and
+// returns before the socket ends: with ConnFromContext the slot would be
+// freed when the handler returns, while the socket is still open.
+func TakeConn(ctx context.Context) *Conn {
+	s, _ := ctx.Value(connKey{}).(*connSlot)
+	if s == nil {
+		return nil
+	}
+	s.taken.Store(true)
+	return s.conn
 }
 
 // Middleware limits WebSocket upgrade requests: it connects the request's
@@ -45,8 +71,9 @@ func ConnFromContext(ctx context.Context) *Conn {
 // when its socket ends (gorilla and coder handlers read until then), so the
 // connection counts as live exactly as long as the socket; a handler that
 // hands the socket to another goroutine and returns early must take over
-// the Conn instead (see Conn ownership in the README). Get the Conn with
-// ConnFromContext to check messages on it.
+// the Conn with TakeConn and Close it when the socket ends (see Conn
+// ownership in the README). Get the Conn with ConnFromContext to check
+// messages on it.
 //
 // Denials: TABLE_FULL answers 503; every other reason 429. Retry-After is
 // the engine's RetryAfter in whole seconds, rounded up; it is "0" for a
@@ -77,8 +104,13 @@ func Middleware(lim *Limiter, o MiddlewareOptions) func(http.Handler) http.Handl
 				denied(w, r, d)
 				return
 			}
-			defer conn.Close() // nil-safe: an untracked fail-open connect has no Conn
-			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), connKey{}, conn)))
+			slot := &connSlot{conn: conn}
+			defer func() {
+				if !slot.taken.Load() {
+					conn.Close() // nil-safe: an untracked fail-open connect has no Conn
+				}
+			}()
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), connKey{}, slot)))
 		})
 	}
 }
