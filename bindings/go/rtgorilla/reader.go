@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,7 +77,9 @@ type Options struct {
 	// the byte budget (as nginx's ratethrottle_control_frames on). A denied
 	// one ends the socket with a close frame 1008 and ReadMessage returns a
 	// *rt.MessageDeniedError, so a ping flood is stopped like a message
-	// flood. Default false: control frames are not messages.
+	// flood. The pong answering the Reader's own last keep-alive ping is
+	// not counted (the peer did not choose to send it). Default false:
+	// control frames are not messages.
 	CountControlFrames bool
 }
 
@@ -117,13 +120,13 @@ func NewReader(ws *websocket.Conn, conn *rt.Conn, o Options) *Reader {
 		// handler's error ends NextReader with that error.
 		ping, pong := ws.PingHandler(), ws.PongHandler()
 		ws.SetPingHandler(func(s string) error {
-			if err := r.control(s); err != nil {
+			if err := r.control(s, false); err != nil {
 				return err
 			}
 			return ping(s)
 		})
 		ws.SetPongHandler(func(s string) error {
-			if err := r.control(s); err != nil {
+			if err := r.control(s, true); err != nil {
 				return err
 			}
 			return pong(s)
@@ -221,12 +224,17 @@ func (r *Reader) next() (int, []byte, error) {
 }
 
 // control handles a ping or pong from the peer: it proves the peer alive
-// and, with CountControlFrames, is checked like a message.
-func (r *Reader) control(payload string) error {
+// and, with CountControlFrames, is checked like a message, except the pong
+// that answers the Reader's own last keep-alive ping (the peer did not
+// choose to send it).
+func (r *Reader) control(payload string, pong bool) error {
 	if r.idle > 0 {
 		r.alive()
 	}
 	if !r.o.CountControlFrames || r.conn == nil {
+		return nil
+	}
+	if pong && r.pings.answered(payload) {
 		return nil
 	}
 	if d := r.conn.CheckMessage(len(payload)); !d.Allowed {
@@ -290,6 +298,23 @@ type pinger struct {
 	mu      sync.Mutex
 	timer   *time.Timer
 	stopped bool
+	sent    uint64 // pings sent; the payload of each is its number
+	awaited string // payload of the last ping sent, until its pong arrives
+}
+
+// answered reports whether payload is the pong to the last ping sent (the
+// first such pong only).
+func (p *pinger) answered(payload string) bool {
+	if p.ws == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.awaited == "" || payload != p.awaited {
+		return false
+	}
+	p.awaited = ""
+	return true
 }
 
 func (p *pinger) start() {
@@ -306,7 +331,12 @@ func (p *pinger) start() {
 }
 
 func (p *pinger) ping() {
-	err := p.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(p.every))
+	p.mu.Lock()
+	p.sent++
+	payload := strconv.FormatUint(p.sent, 10)
+	p.awaited = payload
+	p.mu.Unlock()
+	err := p.ws.WriteControl(websocket.PingMessage, []byte(payload), time.Now().Add(p.every))
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.stopped {
