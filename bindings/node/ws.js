@@ -17,6 +17,8 @@ const kConnection = Symbol('ratethrottle.connection');
 // Set on a request admitted without a connection to track (failOpen with
 // the table full): its messages go unchecked.
 const kUntracked = Symbol('ratethrottle.untracked');
+// The release verifyClient hangs on the TCP socket's 'close' (see guard).
+const kRelease = Symbol('ratethrottle.release');
 
 /** The default client id: the remote address, IPv6 by its /64 (see clientKey). */
 function defaultClientId(ipv6PrefixLength = 64) {
@@ -67,7 +69,11 @@ function verifyClient(limiter, options = {}) {
       req[kUntracked] = true;
     } else {
       req[kConnection] = conn;
-      req.socket.once('close', () => conn.close());
+      // Released when the TCP socket closes, handshake completed or not;
+      // guard moves the release to the WebSocket's 'close'.
+      const release = () => conn.close();
+      req[kRelease] = release;
+      req.socket.once('close', release);
     }
     cb(true);
   };
@@ -195,7 +201,15 @@ function guard(ws, req, options = {}) {
     ws.close(1011, 'rate limiter not configured');
     return null;
   }
-  if (conn !== null) ws.once('close', () => conn.close());
+  if (conn !== null) {
+    // Released on the WebSocket's 'close', not the TCP socket's: ws still
+    // delivers messages after the socket closed (those it was inflating,
+    // with perMessageDeflate, and those left in a paused socket), and each
+    // must be checked against an open connection. ws emits 'close' after
+    // the last of them.
+    if (req[kRelease] !== undefined) req.socket.removeListener('close', req[kRelease]);
+    ws.once('close', () => conn.close());
+  }
   const alive = idleMs > 0 ? keepAlive(ws, idleMs) : null;
   const countControl = options.countControlFrames === true;
   let closing = false; // closed for a denial: later frames are dropped unchecked
@@ -204,8 +218,10 @@ function guard(ws, req, options = {}) {
     const control = event === 'ping' || event === 'pong';
     if (alive !== null && (event === 'message' || control)) alive.seen();
     const checked = conn !== null && (event === 'message' || (control && countControl));
-    if (checked && closing) return false;
-    if (checked && !conn.closed) {
+    // Closed for a denial, or the connection closed by someone else: no
+    // budget to check against, so nothing more is delivered.
+    if (checked && (closing || conn.closed)) return false;
+    if (checked) {
       let d;
       try {
         d = conn.checkMessage(messageSize(args[0]));

@@ -7,6 +7,7 @@ const http = require('node:http');
 const net = require('node:net');
 const path = require('node:path');
 const crypto = require('node:crypto');
+const zlib = require('node:zlib');
 const { spawnSync } = require('node:child_process');
 const { WebSocketServer, WebSocket } = require('ws');
 const { Limiter } = require('..');
@@ -494,4 +495,56 @@ test('ws: protect() refuses a server without verifyClient; guard closes an unadm
   const { code } = await closed(ws);
   assert.equal(code, 1011);
   await until(() => warnings.some((m) => /not admitted by verifyClient/.test(m)), 'the warning');
+});
+
+/** A masked client text frame of any length; `deflate`: compressed (RSV1, permessage-deflate). */
+function clientFrame(text, deflate) {
+  let payload = Buffer.from(text);
+  if (deflate) {
+    const c = zlib.deflateRawSync(payload, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    payload = c.subarray(0, c.length - 4); // RFC 7692: without the trailing 00 00 ff ff
+  }
+  const len = payload.length;
+  const head = len < 126 ? Buffer.from([0, 0x80 | len]) : Buffer.from([0, 0x80 | 126, len >> 8, len & 255]);
+  head[0] = 0x81 | (deflate ? 0x40 : 0);
+  const mask = crypto.randomBytes(4);
+  return Buffer.concat([head, mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]);
+}
+
+test('ws: with perMessageDeflate, a burst of compressed messages ended by a FIN is still limited', async (t) => {
+  // ws inflates messages asynchronously, so some are delivered after the TCP
+  // socket closed: the engine connection must still be open to check them.
+  const limiter = new Limiter({ messagesPerWindow: 5, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const h = await httpServer();
+  const wss = new WebSocketServer({ server: h.server, perMessageDeflate: true, verifyClient: rtws.verifyClient(limiter) });
+  rtws.protect(wss, { idleTimeoutMs: 0 });
+  let received = 0;
+  let serverClosed = 0;
+  wss.on('connection', (ws) => {
+    ws.on('message', () => received++);
+    ws.on('close', () => serverClosed++);
+  });
+  t.after(async () => {
+    await new Promise((r) => wss.close(r));
+    await h.close();
+    limiter.close();
+  });
+  const sock = net.connect(h.port, '127.0.0.1');
+  sock.on('error', () => {});
+  await next(sock, 'connect');
+  sock.write(
+    'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      `Sec-WebSocket-Key: ${crypto.randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
+      'Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n',
+  );
+  const [reply] = await next(sock, 'data');
+  assert.match(reply.toString('latin1'), /^HTTP\/1\.1 101[^]*permessage-deflate/);
+  sock.resume();
+  const frames = [];
+  for (let i = 0; i < 100; i++) frames.push(clientFrame(`${'x'.repeat(1000)} ${i}`, true));
+  sock.end(Buffer.concat(frames)); // everything at once, then FIN
+  await until(() => serverClosed === 1, 'the server side closed');
+  assert.equal(received, 5, 'the app saw the 5 allowed messages only');
+  assert.equal(limiter.stats().denied.rate_limit_exceeded, 1);
+  assert.equal(limiter.clientConnections('127.0.0.1'), 0, 'the lease is released');
 });
