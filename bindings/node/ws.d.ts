@@ -13,9 +13,9 @@ export interface VerifyClientOptions {
 export interface GuardOptions {
   /** What to do with a denied message (default 'close'). */
   onDenied?: 'close' | 'reply' | ((ws: WebSocket, decision: Decision) => void);
-  /** Close code for message_too_large in 'close' mode (default 1009). */
+  /** Close code for message_too_large in 'close' mode (default 1009): 1000..1014 but 1004..1006, or 3000..4999. */
   tooLargeCode?: number;
-  /** Close code for other denials in 'close' mode (default 1008). */
+  /** Close code for other denials in 'close' mode and for denied control frames (default 1008); same range. */
   policyCode?: number;
   /**
    * Liveness of the peer, in ms (default 60000; 0 disables): the server pings

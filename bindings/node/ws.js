@@ -89,17 +89,49 @@ function messageSize(data) {
   return byteSize(data);
 }
 
-function deny(ws, d, options) {
-  const mode = options.onDenied || 'close';
+function deny(ws, d, opts) {
+  const mode = opts.onDenied;
   if (typeof mode === 'function') {
     mode(ws, d);
   } else if (mode === 'reply') {
     ws.send(JSON.stringify({ type: 'error', error: d.reason, ...denialBody(d) }));
   } else if (d.reason === 'message_too_large') {
-    ws.close(options.tooLargeCode ?? 1009, d.reason);
+    ws.close(opts.tooLargeCode, d.reason);
   } else {
-    ws.close(options.policyCode ?? 1008, d.reason);
+    ws.close(opts.policyCode, d.reason);
   }
+}
+
+/** A close code ws can send (RFC 6455 7.4: 1000..1014 but 1004..1006, or 3000..4999). */
+function closeCodeOf(options, name, dflt) {
+  const v = options[name];
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number') {
+    throw new TypeError(`ratethrottle/ws: ${name} must be a close code (a number), got ${typeof v}`);
+  }
+  const sendable = (v >= 1000 && v <= 1014 && v !== 1004 && v !== 1005 && v !== 1006) || (v >= 3000 && v <= 4999);
+  if (!Number.isInteger(v) || !sendable) {
+    throw new RangeError(`ratethrottle/ws: ${name} must be a close code ws can send (1000..1014 but 1004..1006, or 3000..4999), got ${v}`);
+  }
+  return v;
+}
+
+/**
+ * The options of guard / protect, checked when the adapter is set up (a bad
+ * close code would otherwise throw inside ws at the first denial).
+ */
+function guardOptionsOf(options) {
+  const onDenied = options.onDenied === undefined ? 'close' : options.onDenied;
+  if (onDenied !== 'close' && onDenied !== 'reply' && typeof onDenied !== 'function') {
+    throw new TypeError(`ratethrottle/ws: onDenied must be 'close', 'reply' or a function, got ${typeof onDenied === 'string' ? `'${onDenied}'` : String(onDenied)}`);
+  }
+  return {
+    onDenied,
+    tooLargeCode: closeCodeOf(options, 'tooLargeCode', 1009),
+    policyCode: closeCodeOf(options, 'policyCode', 1008),
+    idleMs: idleTimeoutOf(options),
+    countControl: options.countControlFrames === true,
+  };
 }
 
 const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
@@ -194,7 +226,8 @@ function keepAlive(ws, idleMs) {
  * 1011 and a warning.
  */
 function guard(ws, req, options = {}) {
-  const idleMs = idleTimeoutOf(options);
+  const opts = guardOptionsOf(options);
+  const idleMs = opts.idleMs;
   const conn = req[kConnection] ?? null; // null: admitted untracked, nothing to check against
   if (conn === null && req[kUntracked] !== true) {
     process.emitWarning('ratethrottle/ws: a connection not admitted by verifyClient(limiter) was closed');
@@ -211,7 +244,7 @@ function guard(ws, req, options = {}) {
     ws.once('close', () => conn.close());
   }
   const alive = idleMs > 0 ? keepAlive(ws, idleMs) : null;
-  const countControl = options.countControlFrames === true;
+  const countControl = opts.countControl;
   let closing = false; // closed for a denial: later frames are dropped unchecked
   const emit = ws.emit;
   ws.emit = function emitChecked(event, ...args) {
@@ -232,8 +265,8 @@ function guard(ws, req, options = {}) {
       }
       if (!d.allowed) {
         // A control frame is never answered with a message: close.
-        if (control) ws.close(options.policyCode ?? 1008, d.reason);
-        else deny(ws, d, options);
+        if (control) ws.close(opts.policyCode, d.reason);
+        else deny(ws, d, opts);
         closing = ws.readyState !== ws.OPEN;
         return false;
       }
@@ -244,11 +277,11 @@ function guard(ws, req, options = {}) {
 }
 
 /**
- * Guards every connection of `wss` (see guard). Bad options, and a server
- * created without a verifyClient, throw here.
+ * Guards every connection of `wss` (see guard). Bad options (TypeError /
+ * RangeError), and a server created without a verifyClient, throw here.
  */
 function protect(wss, options = {}) {
-  idleTimeoutOf(options);
+  guardOptionsOf(options);
   if (typeof wss?.options?.verifyClient !== 'function') {
     throw new TypeError('ratethrottle/ws: protect(wss) needs a WebSocketServer created with verifyClient: verifyClient(limiter)');
   }

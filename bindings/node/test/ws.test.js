@@ -548,3 +548,40 @@ test('ws: with perMessageDeflate, a burst of compressed messages ended by a FIN 
   assert.equal(limiter.stats().denied.rate_limit_exceeded, 1);
   assert.equal(limiter.clientConnections('127.0.0.1'), 0, 'the lease is released');
 });
+
+test('ws: bad onDenied, tooLargeCode and policyCode values throw when the adapter is set up, not at the first denial', async (t) => {
+  // A close code ws refuses used to throw inside ws's 'message' emit at the
+  // first denial: an uncaught exception that ended the server process.
+  const wss = new WebSocketServer({ noServer: true, verifyClient: (info, cb) => cb(true) });
+  const req = { socket: {} };
+  for (const name of ['tooLargeCode', 'policyCode']) {
+    for (const v of ['1008', null, 1008n]) {
+      assert.throws(() => rtws.protect(wss, { [name]: v }), TypeError, `${name} ${String(v)}`);
+      assert.throws(() => rtws.guard(null, req, { [name]: v }), TypeError, `guard ${name} ${String(v)}`);
+    }
+    for (const v of [999, 1004, 1005, 1006, 1015, 2999, 5000, 1008.5, NaN]) {
+      assert.throws(() => rtws.protect(wss, { [name]: v }), RangeError, `${name} ${v}`);
+    }
+  }
+  for (const v of ['drop', 'CLOSE', 1, null]) {
+    assert.throws(() => rtws.protect(wss, { onDenied: v }), TypeError, `onDenied ${String(v)}`);
+  }
+  assert.equal(wss.listenerCount('connection'), 0, 'nothing was installed');
+  for (const o of [{ policyCode: 4000, tooLargeCode: 1000 }, { policyCode: 1014 }, { onDenied: 'reply' }, { onDenied: () => {} }]) {
+    rtws.protect(wss, o);
+  }
+  wss.close();
+
+  // A valid custom code is what the client gets.
+  const limiter = new Limiter({ messagesPerWindow: 1, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { policyCode: 4008, idleTimeoutMs: 0 });
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const ws = await open(srv.url);
+  const c = closed(ws);
+  ws.send('a');
+  ws.send('b');
+  assert.deepEqual(await c, { code: 4008, reason: 'rate_limit_exceeded' });
+});
