@@ -85,7 +85,13 @@ function middleware(limiter, options = {}) {
       return;
     }
     socket[kConnection] = conn;
-    const release = () => conn.close();
+    // The transport outlives the socket when namespaces share it (a
+    // Manager's sockets): leaving one must not leave this listener behind.
+    const release = () => {
+      socket.off('disconnect', release);
+      socket.conn.off('close', release);
+      conn.close();
+    };
     socket.once('disconnect', release);
     socket.conn.once('close', release);
     if (options.packets !== false) socket.use(packets(socket, conn, options));

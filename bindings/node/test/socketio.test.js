@@ -4,7 +4,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { Server } = require('socket.io');
-const { io: connectClient } = require('socket.io-client');
+const { io: connectClient, Manager } = require('socket.io-client');
 const { Limiter } = require('..');
 const rtio = require('../socketio');
 const { until, next, httpServer, childClient } = require('./helpers.js');
@@ -198,4 +198,38 @@ test('socket.io: a socket whose transport closed during earlier middlewares take
   }
   assert.equal(limiter.stats().connectionsAllowed, 0);
   limiter.close();
+});
+
+test('socket.io: a namespace joined and left again and again on one transport leaves no listener behind', async (t) => {
+  // One engine.io connection multiplexes the namespaces of a Manager: each
+  // join of '/b' runs the middleware again on the same transport.
+  const limiter = new Limiter({ maxConcurrentConnections: 2, maxClients: 64, maxConnections: 64 });
+  const srv = await chatServer(limiter);
+  srv.io.of('/b').use(rtio.middleware(limiter));
+  const manager = new Manager(srv.url, { transports: ['websocket'], reconnection: false });
+  const warnings = [];
+  const onWarning = (w) => warnings.push(w.name);
+  process.on('warning', onWarning);
+  t.after(async () => {
+    process.off('warning', onWarning);
+    manager.engine?.close();
+    await srv.close();
+    limiter.close();
+  });
+  const a = manager.socket('/');
+  await next(a, 'connect');
+  const [server] = srv.io.of('/').sockets.values();
+  const transport = server.conn;
+  const baseline = transport.listenerCount('close');
+  const b = manager.socket('/b');
+  for (let i = 0; i < 15; i++) {
+    if (i > 0) b.connect();
+    await next(b, 'connect');
+    assert.equal(limiter.clientConnections('127.0.0.1'), 2);
+    b.disconnect();
+    await until(() => limiter.clientConnections('127.0.0.1') === 1, '/b released');
+  }
+  assert.equal(transport.listenerCount('close'), baseline, 'no listener of a left namespace stays on the transport');
+  assert.deepEqual(warnings.filter((w) => w === 'MaxListenersExceededWarning'), []);
+  assert.equal(limiter.clientConnections('127.0.0.1'), 1, "'/' still holds its lease");
 });
