@@ -7,8 +7,9 @@
 //
 // The connection middleware decides each connection (denied: the client gets
 // connect_error with err.data = { reason, retry_after, retry_after_ms, limit })
-// and installs the packet middleware: a denied packet is dropped and the
-// client gets a 'rate_limited' event with the same fields plus `event`.
+// and checks each event packet before socket.io hands it to anything: a
+// denied packet is dropped and the client gets a 'rate_limited' event with
+// the same fields plus `event`.
 
 const { clientKey } = require('./index.js');
 const { denialBody, valueSize } = require('./lib/adapter.js');
@@ -28,30 +29,71 @@ function packetSize(args) {
   return n;
 }
 
-/** A `socket.use` middleware checking each packet against `conn`. */
-function packets(socket, conn, options = {}) {
+/**
+ * Checks one event packet (`[event, ...args]`) against `conn`: true when it
+ * may pass; a denied one is answered with the `rate_limited` event (or
+ * `options.event`). Throws when the connection or limiter is closed.
+ */
+function packetCheck(socket, conn, options) {
   const size = options.packetSize || ((event, args) => Buffer.byteLength(String(event), 'utf8') + packetSize(args));
-  return (packet, next) => {
+  return (packet) => {
     const [event, ...args] = packet;
-    let d;
+    const d = conn.checkMessage(size(event, args));
+    if (d.allowed) return true;
+    socket.emit(options.event || 'rate_limited', { ...denialBody(d), event: String(event) });
+    return false;
+  };
+}
+
+/**
+ * A `socket.use` middleware checking each packet against `conn`. socket.io
+ * runs `onAny` listeners (and attaches the ack) before `socket.use`
+ * middlewares, so these see denied packets too; `middleware` checks earlier.
+ */
+function packets(socket, conn, options = {}) {
+  const check = packetCheck(socket, conn, options);
+  return (packet, next) => {
+    let allowed;
     try {
-      d = conn.checkMessage(size(event, args));
+      allowed = check(packet);
     } catch (err) {
       next(err);
       return;
     }
-    if (d.allowed) {
-      next();
+    if (allowed) next();
+  };
+}
+
+/**
+ * Checks each event packet of `socket` as socket.io receives it, before it
+ * reaches anything: `onAny` listeners, the ack, `socket.use` middlewares and
+ * listeners (socket.io v3/v4 hand every event packet to `socket.onevent`).
+ * Without an `onevent` (another socket.io), a `socket.use` middleware instead.
+ */
+function checkPackets(socket, conn, options) {
+  const onevent = socket.onevent;
+  if (typeof onevent !== 'function') {
+    socket.use(packets(socket, conn, options));
+    return;
+  }
+  const check = packetCheck(socket, conn, options);
+  socket.onevent = function oneventChecked(packet) {
+    let allowed;
+    try {
+      allowed = check(packet.data || []);
+    } catch (err) {
+      // The connection or the limiter is closed: nothing to check against.
+      process.emitWarning(`ratethrottle/socketio: ${err.message}`);
       return;
     }
-    socket.emit(options.event || 'rate_limited', { ...denialBody(d), event: String(event) });
+    if (allowed) onevent.call(this, packet);
   };
 }
 
 /**
  * An `io.use` connection middleware. Options: clientId(socket) (default the
  * handshake address with IPv6 keyed by its /64; ipv6PrefixLength changes
- * the prefix), packets: false to skip the packet middleware,
+ * the prefix), packets: false to skip the packet check,
  * packetSize(event, args), event (default 'rate_limited').
  * The lease is released on 'disconnect' or when the transport closes. A
  * socket whose transport closed while earlier middlewares ran is refused
@@ -94,7 +136,7 @@ function middleware(limiter, options = {}) {
     };
     socket.once('disconnect', release);
     socket.conn.once('close', release);
-    if (options.packets !== false) socket.use(packets(socket, conn, options));
+    if (options.packets !== false) checkPackets(socket, conn, options);
     next();
   };
 }

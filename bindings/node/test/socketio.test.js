@@ -233,3 +233,32 @@ test('socket.io: a namespace joined and left again and again on one transport le
   assert.deepEqual(warnings.filter((w) => w === 'MaxListenersExceededWarning'), []);
   assert.equal(limiter.clientConnections('127.0.0.1'), 1, "'/' still holds its lease");
 });
+
+test('socket.io: a denied packet reaches no onAny listener and no ack', async (t) => {
+  // socket.io runs onAny listeners (and attaches the ack) before socket.use
+  // middlewares: the check must come before them.
+  const limiter = new Limiter({ messagesPerWindow: 3, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const srv = await chatServer(limiter);
+  const seen = [];
+  srv.io.on('connection', (socket) => {
+    socket.onAny((event, msg, ack) => {
+      seen.push(msg);
+      if (typeof ack === 'function') ack(`any ${msg}`);
+    });
+  });
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const c = srv.client();
+  await next(c, 'connect');
+  const limited = [];
+  c.on('rate_limited', (e) => limited.push(e));
+  const acked = [];
+  for (let i = 0; i < 6; i++) c.emit('route', `m${i}`, (reply) => acked.push(reply));
+  await until(() => limited.length === 3 && acked.length === 3, 'three packets allowed and acked, three denied');
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(seen, ['m0', 'm1', 'm2'], 'onAny saw the allowed packets only');
+  assert.deepEqual(acked, ['any m0', 'any m1', 'any m2']);
+  assert.deepEqual(limited.map((e) => [e.reason, e.event]), Array(3).fill(['rate_limit_exceeded', 'route']));
+});
