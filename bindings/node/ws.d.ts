@@ -27,7 +27,8 @@ export interface GuardOptions {
   /**
    * Check each ping and pong the peer sends like a message (one message
    * against the message rate, its payload against the byte budget); past
-   * the budget the socket is closed with policyCode (1008). Default false.
+   * the budget the socket is closed with policyCode (1008). A pong answering
+   * the idle timer's own ping is not counted. Default false.
    */
   countControlFrames?: boolean;
 }

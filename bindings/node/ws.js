@@ -163,6 +163,7 @@ function keepAlive(ws, idleMs) {
   let nextPing = last + pingMs;
   let timer = null;
   let stopped = false;
+  let unanswered = 0; // our pings not yet answered by a pong
   const arm = (now) => {
     timer = setTimeout(tick, Math.max(1, Math.min(nextPing, last + idleMs) - now));
     timer.unref();
@@ -190,7 +191,10 @@ function keepAlive(ws, idleMs) {
       return;
     }
     if (now >= nextPing) {
-      if (ws.readyState === ws.OPEN) ws.ping();
+      if (ws.readyState === ws.OPEN) {
+        ws.ping();
+        unanswered++;
+      }
       nextPing = now + pingMs;
     }
     arm(now);
@@ -203,6 +207,12 @@ function keepAlive(ws, idleMs) {
   return {
     seen() {
       last = performance.now();
+    },
+    /** For a pong: whether it answers one of our pings (then it is not the peer's own traffic). */
+    answers() {
+      if (unanswered === 0) return false;
+      unanswered--;
+      return true;
     },
   };
 }
@@ -220,7 +230,7 @@ function keepAlive(ws, idleMs) {
  * its concurrency slot. `options.countControlFrames` (default false): each
  * ping and pong from the peer is checked like a message, and a denied one
  * closes with `policyCode` (1008), so a ping flood is stopped like a message
- * flood. Returns the engine connection, or null for a connection admitted
+ * flood (a pong answering the idle timer's own ping is not counted). Returns the engine connection, or null for a connection admitted
  * untracked (failOpen with the table full), whose messages are not checked.
  * A socket whose request did not pass verifyClient(limiter) is closed with
  * 1011 and a warning.
@@ -250,7 +260,9 @@ function guard(ws, req, options = {}) {
   ws.emit = function emitChecked(event, ...args) {
     const control = event === 'ping' || event === 'pong';
     if (alive !== null && (event === 'message' || control)) alive.seen();
-    const checked = conn !== null && (event === 'message' || (control && countControl));
+    // A pong answering our keep-alive ping is our traffic, not the peer's.
+    const solicited = event === 'pong' && alive !== null && alive.answers();
+    const checked = conn !== null && (event === 'message' || (control && countControl && !solicited));
     // Closed for a denial, or the connection closed by someone else: no
     // budget to check against, so nothing more is delivered.
     if (checked && (closing || conn.closed)) return false;

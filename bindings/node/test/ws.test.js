@@ -585,3 +585,26 @@ test('ws: bad onDenied, tooLargeCode and policyCode values throw when the adapte
   ws.send('b');
   assert.deepEqual(await c, { code: 4008, reason: 'rate_limit_exceeded' });
 });
+
+test('ws W3: with countControlFrames, the pongs answering the idle timer\'s own pings are not counted', async (t) => {
+  // An honest, silent client answers each keep-alive ping; counting those
+  // answers closed it with 1008 after messagesPerWindow pings.
+  const limiter = new Limiter({ messagesPerWindow: 2, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { countControlFrames: true, idleTimeoutMs: 100 });
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const ws = await open(srv.url);
+  let pings = 0;
+  ws.on('ping', () => pings++);
+  let closedWith = null;
+  ws.once('close', (code) => (closedWith = code));
+  await until(() => pings >= 8 || closedWith !== null, 'eight keep-alive pings answered');
+  assert.equal(closedWith, null, 'still connected');
+  assert.equal(limiter.stats().denied.rate_limit_exceeded, 0);
+  // Unsolicited pongs still count: the third is past the budget.
+  const c = closed(ws);
+  for (let i = 0; i < 3; i++) ws.pong();
+  assert.deepEqual(await c, { code: 1008, reason: 'rate_limit_exceeded' });
+});
