@@ -89,12 +89,20 @@ function messageSize(data) {
   return byteSize(data);
 }
 
+// Unsent bytes past which 'reply' mode stops answering denials (see deny).
+const REPLY_BACKLOG_BYTES = 64 * 1024;
+
 function deny(ws, d, opts) {
   const mode = opts.onDenied;
   if (typeof mode === 'function') {
     mode(ws, d);
   } else if (mode === 'reply') {
-    ws.send(JSON.stringify({ type: 'error', error: d.reason, ...denialBody(d) }));
+    // A flooder that never reads would make every denial queue a reply (a
+    // 6-byte frame in, about 120 bytes held): no reply while the socket
+    // already holds REPLY_BACKLOG_BYTES unsent. The denial stands either way.
+    if (ws.bufferedAmount <= REPLY_BACKLOG_BYTES) {
+      ws.send(JSON.stringify({ type: 'error', error: d.reason, ...denialBody(d) }));
+    }
   } else if (d.reason === 'message_too_large') {
     ws.close(opts.tooLargeCode, d.reason);
   } else {
@@ -223,7 +231,8 @@ function keepAlive(ws, idleMs) {
  * `options.onDenied`: 'close' (default) closes with 1009 for
  * message_too_large and 1008 otherwise (`tooLargeCode` / `policyCode`),
  * 'reply' sends `{"type":"error","error":reason,"reason",...,"retry_after"}`
- * and keeps the socket, a function `(ws, decision)` does what it wants.
+ * (none while more than 64 KiB wait to be sent on the socket) and keeps
+ * the socket, a function `(ws, decision)` does what it wants.
  * `options.idleTimeoutMs` (default 60000, 0 = off): the server pings every
  * idleTimeoutMs/2 and terminates a peer from which nothing at all (message,
  * ping or pong) arrived for idleTimeoutMs, so a vanished client does not keep

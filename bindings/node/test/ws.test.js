@@ -608,3 +608,24 @@ test('ws W3: with countControlFrames, the pongs answering the idle timer\'s own 
   for (let i = 0; i < 3; i++) ws.pong();
   assert.deepEqual(await c, { code: 1008, reason: 'rate_limit_exceeded' });
 });
+
+test('ws: reply mode queues no unbounded replies for a flooder that never reads', async (t) => {
+  // Each 6-byte empty frame denied used to queue a ~120-byte error reply:
+  // 600 KB in, about 10 MB held in the server's memory.
+  const limiter = new Limiter({ messagesPerWindow: 5, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { onDenied: 'reply', idleTimeoutMs: 0 });
+  let server = null;
+  srv.wss.on('connection', (ws) => (server = ws));
+  const raw = await halfOpen(srv.port); // reads nothing
+  t.after(async () => {
+    raw.destroy();
+    await srv.close();
+    limiter.close();
+  });
+  const n = 100_000;
+  raw.write(Buffer.concat(Array(n).fill(textFrame(''))));
+  await until(() => limiter.stats().denied.rate_limit_exceeded === n - 5, 'every flood message denied', 30_000);
+  assert.equal(srv.app.received, 5);
+  assert.ok(server.bufferedAmount <= 64 * 1024 + 1024, `at most about 64 KiB queued (${server.bufferedAmount} bytes)`);
+  assert.equal(server.readyState, WebSocket.OPEN, 'reply mode keeps the socket');
+});
