@@ -15,6 +15,8 @@ const { clientKey } = require('./index.js');
 const { denialBody, valueSize } = require('./lib/adapter.js');
 
 const kConnection = Symbol('ratethrottle.connection');
+// rate_limited events that may wait unsent on one socket (see packetCheck).
+const MAX_UNSENT_NOTICES = 64;
 
 /** The default client id: the handshake address, IPv6 by its /64 (see clientKey). */
 function defaultClientId(ipv6PrefixLength = 64) {
@@ -36,11 +38,26 @@ function packetSize(args) {
  */
 function packetCheck(socket, conn, options) {
   const size = options.packetSize || ((event, args) => Buffer.byteLength(String(event), 'utf8') + packetSize(args));
+  // A flooder that never reads would make every denial queue an event for
+  // it: at most MAX_UNSENT_NOTICES wait until the transport takes them
+  // (engine.io's 'drain'); past that, denials go unanswered (still denied).
+  let unsent = 0;
+  const transport = socket.conn;
+  if (transport !== undefined && typeof transport.on === 'function') {
+    const drained = () => {
+      unsent = 0;
+    };
+    transport.on('drain', drained);
+    socket.once('disconnect', () => transport.off('drain', drained));
+  }
   return (packet) => {
     const [event, ...args] = packet;
     const d = conn.checkMessage(size(event, args));
     if (d.allowed) return true;
-    socket.emit(options.event || 'rate_limited', { ...denialBody(d), event: String(event) });
+    if (unsent < MAX_UNSENT_NOTICES) {
+      unsent++;
+      socket.emit(options.event || 'rate_limited', { ...denialBody(d), event: String(event) });
+    }
     return false;
   };
 }

@@ -4,6 +4,7 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { Server } = require('socket.io');
+const { WebSocket } = require('ws');
 const { io: connectClient, Manager } = require('socket.io-client');
 const { Limiter } = require('..');
 const rtio = require('../socketio');
@@ -220,7 +221,7 @@ test('socket.io: a namespace joined and left again and again on one transport le
   await next(a, 'connect');
   const [server] = srv.io.of('/').sockets.values();
   const transport = server.conn;
-  const baseline = transport.listenerCount('close');
+  const baseline = [transport.listenerCount('close'), transport.listenerCount('drain')];
   const b = manager.socket('/b');
   for (let i = 0; i < 15; i++) {
     if (i > 0) b.connect();
@@ -229,7 +230,11 @@ test('socket.io: a namespace joined and left again and again on one transport le
     b.disconnect();
     await until(() => limiter.clientConnections('127.0.0.1') === 1, '/b released');
   }
-  assert.equal(transport.listenerCount('close'), baseline, 'no listener of a left namespace stays on the transport');
+  assert.deepEqual(
+    [transport.listenerCount('close'), transport.listenerCount('drain')],
+    baseline,
+    'no listener of a left namespace stays on the transport',
+  );
   assert.deepEqual(warnings.filter((w) => w === 'MaxListenersExceededWarning'), []);
   assert.equal(limiter.clientConnections('127.0.0.1'), 1, "'/' still holds its lease");
 });
@@ -261,4 +266,29 @@ test('socket.io: a denied packet reaches no onAny listener and no ack', async (t
   assert.deepEqual(seen, ['m0', 'm1', 'm2'], 'onAny saw the allowed packets only');
   assert.deepEqual(acked, ['any m0', 'any m1', 'any m2']);
   assert.deepEqual(limited.map((e) => [e.reason, e.event]), Array(3).fill(['rate_limit_exceeded', 'route']));
+});
+
+test('socket.io: no unbounded rate_limited events queue for a flooder that never reads', async (t) => {
+  // Each denied packet queued a rate_limited packet for a client that reads
+  // nothing: 100000 tiny packets in, tens of thousands of packets held.
+  const limiter = new Limiter({ messagesPerWindow: 5, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const srv = await chatServer(limiter);
+  t.after(async () => {
+    raw.terminate();
+    await srv.close();
+    limiter.close();
+  });
+  // A raw engine.io v4 client over ws: open, join '/', then stop reading.
+  const raw = new WebSocket(`${srv.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`);
+  await next(raw, 'message'); // engine.io open
+  raw.send('40');
+  await next(raw, 'message'); // socket.io connect
+  raw._socket.pause();
+  const n = 100_000;
+  for (let i = 0; i < n; i++) raw.send('42["chat","x"]');
+  await until(() => limiter.stats().denied.rate_limit_exceeded === n - 5, 'every flood packet denied', 30_000);
+  const [server] = srv.io.of('/').sockets.values();
+  assert.equal(srv.app.received.length, 5);
+  assert.ok(server.conn.writeBuffer.length <= 64, `at most 64 packets wait (${server.conn.writeBuffer.length})`);
+  assert.ok(server.connected, 'the socket stays');
 });
