@@ -116,33 +116,36 @@ function checkPackets(socket, conn, options) {
  * socket whose transport closed while earlier middlewares ran is refused
  * without a lease. With `failOpen` and the table full, the engine allows
  * the connection untracked: it is accepted and its packets are not checked.
+ * A socket that socket.io connects without running middlewares (a session
+ * recovered with connectionStateRecovery's skipMiddlewares) is decided when
+ * its namespace emits 'connect': denied, it gets the `event` with the denial
+ * (`event: 'connect'`) and is disconnected.
  */
 function middleware(limiter, options = {}) {
   const clientId = options.clientId || defaultClientId(options.ipv6PrefixLength);
-  return (socket, next) => {
+  const decided = new WeakSet(); // sockets this middleware has seen
+  const hooked = new WeakSet(); // namespaces watched for sockets that skip it
+
+  /** Decides `socket`; on success takes the lease and checks its packets. Returns the refusal, or null. */
+  const admit = (socket) => {
+    decided.add(socket);
     if (socket.conn.readyState === 'closing' || socket.conn.readyState === 'closed') {
       // Its 'close' has fired or is under way: a lease taken now could never be released.
-      next(new Error('transport closed'));
-      return;
+      return new Error('transport closed');
     }
     let d;
     try {
       d = limiter.connect(clientId(socket));
     } catch (err) {
-      next(err);
-      return;
+      return err;
     }
     if (!d.allowed) {
       const err = new Error(d.reason);
       err.data = denialBody(d);
-      next(err);
-      return;
+      return err;
     }
     const conn = d.connection;
-    if (conn === null) {
-      next();
-      return;
-    }
+    if (conn === null) return null;
     socket[kConnection] = conn;
     // The transport outlives the socket when namespaces share it (a
     // Manager's sockets): leaving one must not leave this listener behind.
@@ -154,7 +157,29 @@ function middleware(limiter, options = {}) {
     socket.once('disconnect', release);
     socket.conn.once('close', release);
     if (options.packets !== false) checkPackets(socket, conn, options);
-    next();
+    return null;
+  };
+
+  /** A socket connected without this middleware (a recovered session): decided now. */
+  const skipped = (socket) => {
+    if (decided.has(socket)) return;
+    const err = admit(socket);
+    if (err === null) return;
+    if (err.data === undefined) process.emitWarning(`ratethrottle/socketio: ${err.message}`);
+    else socket.emit(options.event || 'rate_limited', { ...err.data, event: 'connect' });
+    socket.disconnect();
+  };
+
+  return (socket, next) => {
+    const nsp = socket.nsp;
+    if (nsp !== undefined && typeof nsp.prependListener === 'function' && !hooked.has(nsp)) {
+      // First, before the application's 'connect' / 'connection' listeners.
+      hooked.add(nsp);
+      nsp.prependListener('connect', skipped);
+    }
+    const err = admit(socket);
+    if (err === null) next();
+    else next(err);
   };
 }
 

@@ -292,3 +292,49 @@ test('socket.io: no unbounded rate_limited events queue for a flooder that never
   assert.ok(server.conn.writeBuffer.length <= 64, `at most 64 packets wait (${server.conn.writeBuffer.length})`);
   assert.ok(server.connected, 'the socket stays');
 });
+
+test('socket.io: with connectionStateRecovery, a recovered socket (which skips middlewares) is still limited', async (t) => {
+  // socket.io's skipMiddlewares (the default with connectionStateRecovery)
+  // connects a recovered socket without running io.use middlewares: it used
+  // to come back with no lease (past maxConcurrentConnections) and no packet check.
+  const limiter = new Limiter({ messagesPerWindow: 3, windowMs: 3_600_000, maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
+  const srv = await chatServer(limiter, { serverOptions: { connectionStateRecovery: {} } });
+  const c = connectClient(srv.url, { transports: ['websocket'], reconnectionDelay: 20, reconnectionDelayMax: 20, forceNew: true });
+  t.after(async () => {
+    c.close();
+    await srv.close();
+    limiter.close();
+  });
+  await next(c, 'connect');
+  assert.equal(limiter.clientConnections('127.0.0.1'), 1);
+  c.emit('chat', 'hello');
+  await next(c, 'chat'); // the echo gives the client an offset to recover from
+  const [first] = srv.io.of('/').sockets.values();
+  first.conn.close(); // a transport drop: the client reconnects and recovers its session
+  await next(c, 'connect');
+  assert.equal(c.recovered, true, 'the session was recovered');
+  assert.equal(limiter.clientConnections('127.0.0.1'), 1, 'the recovered socket holds a lease');
+  const limited = [];
+  c.on('rate_limited', (e) => limited.push(e));
+  for (let i = 0; i < 6; i++) c.emit('chat', `m${i}`);
+  await until(() => limited.length === 3, 'three packets of the recovered socket denied');
+  assert.deepEqual(srv.app.received, ['hello', 'm0', 'm1', 'm2'], 'a new connection, with its own budget of 3');
+
+  // A recovered socket past the client's concurrency limit is refused: it
+  // gets rate_limited (event 'connect') and is disconnected, taking no lease.
+  c.io.reconnectionDelay(1000).reconnectionDelayMax(1000);
+  const [second] = srv.io.of('/').sockets.values();
+  second.conn.close();
+  await until(() => limiter.clientConnections('127.0.0.1') === 0, 'the dropped socket released');
+  const other = srv.client(); // takes the only slot while the client is away
+  await next(other, 'connect');
+  const refused = next(c, 'rate_limited');
+  const [reason] = await next(c, 'disconnect', 20_000);
+  assert.equal(reason, 'io server disconnect');
+  const [e] = await refused;
+  assert.equal(e.reason, 'too_many_connections');
+  assert.equal(e.event, 'connect');
+  assert.equal(limiter.clientConnections('127.0.0.1'), 1, 'only the other socket holds a lease');
+  other.disconnect();
+  await until(() => limiter.clientConnections('127.0.0.1') === 0, 'every lease released');
+});
