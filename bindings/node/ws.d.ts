@@ -43,4 +43,4 @@ export declare function verifyClient(limiter: Limiter, options?: VerifyClientOpt
 export declare function guard(ws: WebSocket, req: IncomingMessage, options?: GuardOptions): Connection | null;
 export declare function protect<T extends WebSocketServer>(wss: T, options?: GuardOptions): T;
 export declare function connectionOf(req: IncomingMessage): Connection | undefined;
-export declare function messageSize(data: Buffer | ArrayBuffer | Buffer[] | ArrayBufferView): number;
+export declare function messageSize(data: Buffer | ArrayBuffer | Buffer[] | ArrayBufferView | Blob): number;

@@ -79,13 +79,18 @@ function verifyClient(limiter, options = {}) {
   };
 }
 
-/** The size of a message as ws delivers it (Buffer, ArrayBuffer or Buffer[] fragments). */
+/**
+ * The size of a message as ws delivers it, for each `binaryType`: Buffer
+ * ('nodebuffer', and text), ArrayBuffer, Buffer[] ('fragments') or Blob
+ * ('blob', ws >= 8.18).
+ */
 function messageSize(data) {
   if (Array.isArray(data)) {
     let n = 0;
     for (const b of data) n += b.length;
     return n;
   }
+  if (typeof Blob === 'function' && data instanceof Blob) return data.size;
   return byteSize(data);
 }
 

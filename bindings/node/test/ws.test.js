@@ -629,3 +629,34 @@ test('ws: reply mode queues no unbounded replies for a flooder that never reads'
   assert.ok(server.bufferedAmount <= 64 * 1024 + 1024, `at most about 64 KiB queued (${server.bufferedAmount} bytes)`);
   assert.equal(server.readyState, WebSocket.OPEN, 'reply mode keeps the socket');
 });
+
+test('ws: every binaryType ws delivers is sized: nodebuffer, arraybuffer, fragments, blob', async (t) => {
+  // A Blob (binaryType 'blob', ws >= 8.18) used to be refused as message
+  // data: each binary message closed the socket with 1011.
+  const limiter = new Limiter({ bytesPerWindow: 100, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const h = await httpServer();
+  const wss = new WebSocketServer({ server: h.server, verifyClient: rtws.verifyClient(limiter) });
+  rtws.protect(wss, { idleTimeoutMs: 0 });
+  const types = ['nodebuffer', 'arraybuffer', 'fragments', 'blob'];
+  let n = 0;
+  const got = [];
+  wss.on('connection', (ws) => {
+    ws.binaryType = types[n++];
+    ws.on('message', (data) => got.push(ws.binaryType));
+  });
+  t.after(async () => {
+    await new Promise((r) => wss.close(r));
+    await h.close();
+    limiter.close();
+  });
+  for (const type of types) {
+    const ws = await open(`ws://127.0.0.1:${h.port}`);
+    const c = closed(ws);
+    ws.send(Buffer.alloc(60));
+    ws.send(Buffer.alloc(60)); // 120 bytes: past the budget of 100
+    assert.deepEqual(await c, { code: 1008, reason: 'bandwidth_exceeded' }, type);
+  }
+  assert.deepEqual(got, types, 'the first message of each passed');
+  assert.equal(limiter.stats().totalBytes, 4 * 60);
+  assert.equal(rtws.messageSize(new Blob(['abc'])), 3);
+});
