@@ -118,6 +118,11 @@ function checkOptions(options, allowExtra) {
   }
 }
 
+/** The options' own properties, in an object that inherits nothing (for the native side's reads). */
+function ownOptions(options) {
+  return Object.assign(Object.create(null), options);
+}
+
 /** What a limiter's classes share: the native handle and the scratch. */
 class Core {
   constructor(handle, emitter, pollMs) {
@@ -309,8 +314,9 @@ class Limiter extends EventEmitter {
     super();
     checkOptions(options, true);
     // Own properties only (as checkOptions checked them); the native side
-    // would read inherited ones too.
-    const own = { ...options };
+    // would read inherited ones too, so the copy inherits from nothing (not
+    // even Object.prototype).
+    const own = ownOptions(options);
     const { sharedPath, violationPollMs = DEFAULT_VIOLATION_POLL_MS } = own;
     if (sharedPath !== undefined && typeof sharedPath !== 'string') {
       throw typeError(`sharedPath must be a string; got ${typeName(sharedPath)}`);
@@ -413,7 +419,7 @@ class Limiter extends EventEmitter {
   /** Changes the given limits at run time (not capacities), in every process sharing the region. */
   updateLimits(options) {
     checkOptions(options, false);
-    this.#handle().h.updateLimits({ ...options });
+    this.#handle().h.updateLimits(ownOptions(options));
   }
 
   /** Frees connections of processes that died; returns how many. */

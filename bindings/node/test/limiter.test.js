@@ -444,6 +444,18 @@ test('options: only own properties count (an inherited windowMs is not an option
   assert.equal(l.limits().windowMs, 1000);
   assert.equal(l.limits().messagesPerWindow, 1000);
   l.close();
+  // Not even from a polluted Object.prototype (the copy handed to the
+  // native side used to inherit from it).
+  Object.prototype.messagesPerWindow = 1;
+  try {
+    const p = new Limiter(small);
+    assert.equal(p.limits().messagesPerWindow, 1000);
+    p.updateLimits({ windowMs: 1000 });
+    assert.equal(p.limits().messagesPerWindow, 1000);
+    p.close();
+  } finally {
+    delete Object.prototype.messagesPerWindow;
+  }
 });
 
 test('updateLimits: capacities cannot change (RangeError naming the JS options); the same values pass', () => {
