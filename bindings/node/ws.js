@@ -33,7 +33,7 @@ function defaultClientId(ipv6PrefixLength = 64) {
  * Requests, `Retry-After` (seconds, rounded up; absent when it can never
  * pass) and `X-RateLimit-Reason`, and no WebSocket is created. The lease is
  * released when the TCP socket closes, whether or not the handshake
- * completed. A socket already gone when it runs (a client that reset while
+ * completed (once guard has the WebSocket: when the WebSocket closes). A socket already gone when it runs (a client that reset while
  * an earlier async step ran) is refused without a lease. With `failOpen`
  * and the table full, the engine allows the upgrade untracked: it is
  * accepted and its messages are not checked.
