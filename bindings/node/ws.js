@@ -19,6 +19,8 @@ const kConnection = Symbol('ratethrottle.connection');
 const kUntracked = Symbol('ratethrottle.untracked');
 // The release verifyClient hangs on the TCP socket's 'close' (see guard).
 const kRelease = Symbol('ratethrottle.release');
+// Set on a WebSocket guard has taken: the connection it checks against.
+const kGuarded = Symbol('ratethrottle.guarded');
 
 /** The default client id: the remote address, IPv6 by its /64 (see clientKey). */
 function defaultClientId(ipv6PrefixLength = 64) {
@@ -247,10 +249,13 @@ function keepAlive(ws, idleMs) {
  * flood (a pong answering the idle timer's own ping is not counted). Returns the engine connection, or null for a connection admitted
  * untracked (failOpen with the table full), whose messages are not checked.
  * A socket whose request did not pass verifyClient(limiter) is closed with
- * 1011 and a warning.
+ * 1011 and a warning. A socket already guarded is not guarded again (the
+ * first guard's options stay): guard then only returns its connection.
  */
 function guard(ws, req, options = {}) {
   const opts = guardOptionsOf(options);
+  // Guarded already (protect, and the application's own guard call): once.
+  if (ws[kGuarded] !== undefined) return ws[kGuarded];
   const idleMs = opts.idleMs;
   const conn = req[kConnection] ?? null; // null: admitted untracked, nothing to check against
   if (conn === null && req[kUntracked] !== true) {
@@ -258,6 +263,7 @@ function guard(ws, req, options = {}) {
     ws.close(1011, 'rate limiter not configured');
     return null;
   }
+  ws[kGuarded] = conn;
   if (conn !== null) {
     // Released on the WebSocket's 'close', not the TCP socket's: ws still
     // delivers messages after the socket closed (those it was inflating,

@@ -660,3 +660,26 @@ test('ws: every binaryType ws delivers is sized: nodebuffer, arraybuffer, fragme
   assert.equal(limiter.stats().totalBytes, 4 * 60);
   assert.equal(rtws.messageSize(new Blob(['abc'])), 3);
 });
+
+test('ws: guard on a socket protect already guards checks each message once', async (t) => {
+  // guard returns the engine connection, so an application under protect may
+  // call it too: each message used to be checked (and counted) twice.
+  const limiter = new Limiter({ messagesPerWindow: 4, windowMs: 3_600_000, maxClients: 64, maxConnections: 64 });
+  const srv = await echoServer(limiter, { idleTimeoutMs: 0 });
+  const conns = [];
+  srv.wss.on('connection', (ws, req) => conns.push(rtws.guard(ws, req), rtws.connectionOf(req)));
+  t.after(async () => {
+    await srv.close();
+    limiter.close();
+  });
+  const ws = await open(srv.url);
+  let echoes = 0;
+  ws.on('message', () => echoes++);
+  for (let i = 0; i < 4; i++) ws.send(`m${i}`);
+  await until(() => echoes === 4, 'the four messages of the budget echoed');
+  assert.equal(limiter.stats().totalMessages, 4);
+  assert.ok(conns[0] !== null && conns[0] === conns[1], 'guard returns the connection');
+  const c = closed(ws);
+  ws.send('m4');
+  assert.equal((await c).code, 1008);
+});
