@@ -46,7 +46,9 @@ struct ClientModel {
 }
 
 struct ConnModel {
-    client: Vec<u8>,
+    /// `None`: allowed untracked (fail open with a full table), so only
+    /// the per-connection limits apply to it.
+    client: Option<Vec<u8>>,
     msgs: Windows,
     bytes: Windows,
     open: bool,
@@ -66,6 +68,20 @@ type Fails = Vec<(Reason, u64, u64)>;
 impl Model {
     fn w(&self) -> u64 {
         self.l.window_ms as u64
+    }
+
+    /// Whether a client or key holds information at `now`: a live
+    /// connection, or a count in the current or the previous window. Only
+    /// an id that holds none may be refused for want of a table slot.
+    fn holds_information(&self, id: &[u8], now: u64) -> bool {
+        let w = self.w();
+        self.clients.get(id).is_some_and(|c| {
+            let counts = |win: &Windows| {
+                let (p, c, _) = win.pair(now, w);
+                p | c != 0
+            };
+            c.active != 0 || counts(&c.connects) || counts(&c.msgs) || counts(&c.bytes)
+        })
     }
 
     fn connect(&mut self, id: &[u8], now: u64) -> (bool, Reason, u64) {
@@ -103,7 +119,10 @@ impl Model {
         let Some(cm) = self.conns.get(conn).filter(|c| c.open) else {
             return (false, Reason::UnknownConnection, 0);
         };
-        let client = self.clients.get(&cm.client).cloned().unwrap_or_default();
+        let client = cm.client.as_ref().and_then(|id| self.clients.get(id)).cloned().unwrap_or_default();
+        let tracked = cm.client.is_some();
+        let client_rate = |limit: u32| if tracked { rate(limit) } else { 0 };
+        let client_bytes = if tracked { l.client_bytes_per_window } else { 0 };
         let mut fails: Fails = vec![];
         if l.max_message_size != 0 && message_size > l.max_message_size as u64 {
             fails.push((Reason::MessageTooLarge, l.max_message_size as u64, RETRY_NEVER));
@@ -114,8 +133,8 @@ impl Model {
         let checks: [(Reason, &Windows, u64, u64); 4] = [
             (Reason::MessageRate, &cm.msgs, msgs, rate(l.messages_per_window)),
             (Reason::Bandwidth, &cm.bytes, size, l.bytes_per_window),
-            (Reason::ClientMessageRate, &client.msgs, msgs, rate(l.client_messages_per_window)),
-            (Reason::ClientBandwidth, &client.bytes, size, l.client_bytes_per_window),
+            (Reason::ClientMessageRate, &client.msgs, msgs, client_rate(l.client_messages_per_window)),
+            (Reason::ClientBandwidth, &client.bytes, size, client_bytes),
         ];
         let mut window_fails: Fails = vec![];
         for (reason, win, k, limit) in checks {
@@ -137,8 +156,10 @@ impl Model {
         cm.bytes.add(now, w, size);
         cm.total_msgs += msgs;
         cm.total_bytes = cm.total_bytes.saturating_add(size);
-        if l.client_messages_per_window != 0 || l.client_bytes_per_window != 0 {
-            let c = self.clients.get_mut(&cm.client).unwrap();
+        if let Some(id) =
+            cm.client.as_ref().filter(|_| l.client_messages_per_window != 0 || l.client_bytes_per_window != 0)
+        {
+            let c = self.clients.get_mut(id).unwrap();
             c.msgs.add(now, w, msgs);
             c.bytes.add(now, w, size);
         }
@@ -244,79 +265,162 @@ fn check(d: Decision, m: (bool, Reason, u64), what: &str) -> Result<(), TestCase
     Ok(())
 }
 
+fn run(l: Limits, ops: &[Op], start: u64) -> Result<(), TestCaseError> {
+    let lim = Limiter::new(&l).unwrap();
+    let mut m = Model { l, clients: HashMap::new(), conns: vec![] };
+    let mut handles: Vec<Conn> = vec![];
+    let mut now = start;
+    let mut untracked = 0u64;
+    for (i, op) in ops.iter().enumerate() {
+        let what = format!("op {i} {op:?} at {now}");
+        match *op {
+            Op::Connect(c) => {
+                let id = vec![b'c', c];
+                let (d, h) = lim.connect_at(&id, now);
+                if d.reason == Reason::TableFull {
+                    prop_assert!(l.max_clients < 6, "{}: {:?} with a slot for every id", what, d);
+                    let open = m.conns.iter().filter(|c| c.open).count();
+                    prop_assert!(
+                        !m.holds_information(&id, now) || open == l.max_connections as usize,
+                        "{}: {:?} for a client that holds information",
+                        what,
+                        d
+                    );
+                    prop_assert_eq!((d.allowed, d.retry_after_ms), (l.fail_open, 0), "{}", what);
+                    prop_assert_eq!(h.is_some(), l.fail_open && open < l.max_connections as usize, "{}", what);
+                    if l.fail_open {
+                        untracked += 1;
+                    }
+                    if let Some(h) = h {
+                        // Untracked: its own limits only, no client's.
+                        handles.push(h);
+                        m.conns.push(ConnModel {
+                            client: None,
+                            msgs: Windows::default(),
+                            bytes: Windows::default(),
+                            open: true,
+                            total_msgs: 0,
+                            total_bytes: 0,
+                        });
+                    }
+                    continue;
+                }
+                let md = m.connect(&id, now);
+                check(d, md, &what)?;
+                prop_assert_eq!(h.is_some(), d.allowed);
+                if let Some(h) = h {
+                    handles.push(h);
+                    m.conns.push(ConnModel {
+                        client: Some(id),
+                        msgs: Windows::default(),
+                        bytes: Windows::default(),
+                        open: true,
+                        total_msgs: 0,
+                        total_bytes: 0,
+                    });
+                }
+            }
+            Op::Disconnect(x) => {
+                if handles.is_empty() {
+                    continue;
+                }
+                let k = x as usize % handles.len();
+                let closed = lim.disconnect(handles[k]);
+                prop_assert_eq!(closed, m.conns[k].open, "{}", what);
+                if m.conns[k].open {
+                    m.conns[k].open = false;
+                    if let Some(client) = &m.conns[k].client {
+                        m.clients.get_mut(client).unwrap().active -= 1;
+                    }
+                }
+            }
+            Op::Message(x, size) => {
+                if handles.is_empty() {
+                    continue;
+                }
+                let k = x as usize % handles.len();
+                let d = lim.check_message_at(handles[k], size, now);
+                check(d, m.message(k, 1, size, size, now), &what)?;
+            }
+            Op::Continuation(x, size, total) => {
+                if handles.is_empty() {
+                    continue;
+                }
+                let k = x as usize % handles.len();
+                let d = lim.check_continuation_at(handles[k], size, total, now);
+                check(d, m.message(k, 0, size, total, now), &what)?;
+            }
+            Op::Key(k, size) => {
+                let key = key_name(k);
+                let d = lim.check_key_at(&key, size, now);
+                if d.reason == Reason::TableFull {
+                    prop_assert!(l.max_clients < 6, "{}: {:?} with a slot for every id", what, d);
+                    prop_assert!(!m.holds_information(&key, now), "{}: {:?} for a key that holds information", what, d);
+                    prop_assert_eq!((d.allowed, d.retry_after_ms), (l.fail_open, 0), "{}", what);
+                    if l.fail_open {
+                        untracked += 1;
+                    }
+                    continue;
+                }
+                check(d, m.key(&key, size, now), &what)?;
+            }
+            Op::Advance(ms) => now = now.saturating_add(ms),
+        }
+    }
+    let s = lim.stats();
+    let open: Vec<&ConnModel> = m.conns.iter().filter(|c| c.open).collect();
+    prop_assert_eq!(s.active_connections, open.len() as u64);
+    prop_assert_eq!(s.untracked_allowed, untracked);
+    prop_assert_eq!(s.total_messages, m.conns.iter().map(|c| c.total_msgs).sum::<u64>());
+    prop_assert_eq!(s.total_bytes, m.conns.iter().map(|c| c.total_bytes).fold(0u64, u64::saturating_add));
+    for c in 0u8..4 {
+        let id = vec![b'c', c];
+        let active = m.clients.get(&id).map_or(0, |c| c.active);
+        prop_assert_eq!(lim.client_connections(&id) as u64, active);
+    }
+    for (k, h) in handles.iter().enumerate() {
+        let info = lim.connection_info(*h);
+        prop_assert_eq!(info.is_some(), m.conns[k].open);
+        if let Some(info) = info {
+            prop_assert_eq!(info.message_count, m.conns[k].total_msgs);
+            prop_assert_eq!(info.byte_count, m.conns[k].total_bytes);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     // 256 cases by default; PROPTEST_CASES=N runs more.
     #![proptest_config(ProptestConfig::default())]
 
     #[test]
     fn engine_matches_the_model(l in limits(), ops in proptest::collection::vec(op(), 1..120), start in prop_oneof![Just(0u64), 0u64..1_000_000, Just(u64::MAX / 2)]) {
-        let lim = Limiter::new(&l).unwrap();
-        let mut m = Model { l, clients: HashMap::new(), conns: vec![] };
-        let mut handles: Vec<Conn> = vec![];
-        let mut now = start;
-        for (i, op) in ops.iter().enumerate() {
-            let what = format!("op {i} {op:?} at {now}");
-            match *op {
-                Op::Connect(c) => {
-                    let id = vec![b'c', c];
-                    let (d, h) = lim.connect_at(&id, now);
-                    let md = m.connect(&id, now);
-                    check(d, md, &what)?;
-                    prop_assert_eq!(h.is_some(), d.allowed);
-                    if let Some(h) = h {
-                        handles.push(h);
-                        m.conns.push(ConnModel { client: id, msgs: Windows::default(), bytes: Windows::default(), open: true, total_msgs: 0, total_bytes: 0 });
-                    }
-                }
-                Op::Disconnect(x) => {
-                    if handles.is_empty() { continue; }
-                    let k = x as usize % handles.len();
-                    let closed = lim.disconnect(handles[k]);
-                    prop_assert_eq!(closed, m.conns[k].open, "{}", what);
-                    if m.conns[k].open {
-                        m.conns[k].open = false;
-                        let client = m.conns[k].client.clone();
-                        m.clients.get_mut(&client).unwrap().active -= 1;
-                    }
-                }
-                Op::Message(x, size) => {
-                    if handles.is_empty() { continue; }
-                    let k = x as usize % handles.len();
-                    let d = lim.check_message_at(handles[k], size, now);
-                    check(d, m.message(k, 1, size, size, now), &what)?;
-                }
-                Op::Continuation(x, size, total) => {
-                    if handles.is_empty() { continue; }
-                    let k = x as usize % handles.len();
-                    let d = lim.check_continuation_at(handles[k], size, total, now);
-                    check(d, m.message(k, 0, size, total, now), &what)?;
-                }
-                Op::Key(k, size) => {
-                    let key = key_name(k);
-                    let d = lim.check_key_at(&key, size, now);
-                    check(d, m.key(&key, size, now), &what)?;
-                }
-                Op::Advance(ms) => now = now.saturating_add(ms),
-            }
-        }
-        let s = lim.stats();
-        let open: Vec<&ConnModel> = m.conns.iter().filter(|c| c.open).collect();
-        prop_assert_eq!(s.active_connections, open.len() as u64);
-        prop_assert_eq!(s.total_messages, m.conns.iter().map(|c| c.total_msgs).sum::<u64>());
-        prop_assert_eq!(s.total_bytes, m.conns.iter().map(|c| c.total_bytes).fold(0u64, u64::saturating_add));
-        for c in 0u8..4 {
-            let id = vec![b'c', c];
-            let active = m.clients.get(&id).map_or(0, |c| c.active);
-            prop_assert_eq!(lim.client_connections(&id) as u64, active);
-        }
-        for (k, h) in handles.iter().enumerate() {
-            let info = lim.connection_info(*h);
-            prop_assert_eq!(info.is_some(), m.conns[k].open);
-            if let Some(info) = info {
-                prop_assert_eq!(info.message_count, m.conns[k].total_msgs);
-                prop_assert_eq!(info.byte_count, m.conns[k].total_bytes);
-            }
-        }
+        run(l, &ops, start)?;
+    }
+
+    /// T4: window ids are 32 bits in the packed words. A trace that starts
+    /// shortly before window id 2^32 and runs across it decides exactly
+    /// like the model, which keeps absolute (64-bit) window ids.
+    #[test]
+    fn engine_matches_the_model_across_the_window_id_wrap(l in limits(), ops in proptest::collection::vec(op(), 1..120), before in 0u64..4000) {
+        let w = l.window_ms as u64;
+        let start = (1u64 << 32) * w - before.min(3 * w);
+        run(l, &ops, start)?;
+    }
+
+    /// B1/B2/B11 with a table of 1 to 3 clients: more ids and keys than
+    /// slots. A `TableFull` denial is only ever given to an id that holds no
+    /// information (no live connection, every window expired), and every
+    /// other decision is the model's: a client or key that holds
+    /// information is never evicted or reset to make room for another.
+    /// With fail open the refused id is allowed untracked: its connection
+    /// keeps its own limits and no client's, and `untracked_allowed`
+    /// counts it.
+    #[test]
+    fn a_full_table_never_forgets_an_id_that_holds_information(mut l in limits(), max_clients in 1u32..=3, fail_open in any::<bool>(), ops in proptest::collection::vec(op(), 1..160), start in 0u64..1_000_000) {
+        l.max_clients = max_clients;
+        l.fail_open = fail_open;
+        run(l, &ops, start)?;
     }
 
     /// I2: on any trace, each fixed window admits at most L messages, and any
