@@ -1383,6 +1383,39 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "spins 2^24 times on a held lock")]
+    fn a_lock_held_by_a_live_process_is_waited_for_a_bounded_time() {
+        // C6: another live process (pid 1, which never exits) holds every
+        // shard's insert lock and never lets go. A new client's connect and
+        // a new key's check give up after a bounded spin and are refused
+        // with TableFull (fail closed) instead of spinning for ever in the
+        // worker; clients already in the table never touch the lock.
+        let l = Limits { max_clients: 64, max_connections: 64, client_messages_per_window: 5, ..Limits::default() };
+        let lim = Limiter::new(&l).unwrap();
+        let r = &lim.region;
+        let known = lim.connect_at(b"known", 0).1.unwrap();
+        let me = process::token();
+        let pid_1 = (me & !(((1u64 << 22) - 1) << 32 | 0xFFFF_FFFF)) | 1 << 32;
+        assert_eq!(process::pid_of(pid_1), 1);
+        assert!(process::is_alive(pid_1), "pid 1 is taken for dead: the lock would be broken, not waited for");
+        for shard in 0..r.layout.shards {
+            r.shard_lock(shard).store(pid_1, Ordering::Relaxed);
+        }
+        let t = std::time::Instant::now();
+        let (d, c) = lim.connect_at(b"newcomer", 0);
+        assert_eq!((d.allowed, d.reason, c), (false, Reason::TableFull, None));
+        assert_eq!(lim.check_key_at(b"room:new", 1, 0).reason, Reason::TableFull);
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "gave up only after {:?}", t.elapsed());
+        assert!(lim.check_message_at(known, 1, 0).allowed);
+        assert!(lim.connect_at(b"known", 0).0.allowed);
+        for shard in 0..r.layout.shards {
+            assert_eq!(r.shard_lock(shard).load(Ordering::Relaxed), pid_1, "a live holder's lock is never broken");
+            r.shard_lock(shard).store(0, Ordering::Relaxed);
+        }
+        assert!(lim.connect_at(b"newcomer", 0).0.allowed);
+    }
+
+    #[test]
     fn the_hash_secret_is_random_per_region_and_never_shown() {
         // B4 and M8: each region draws its own SipHash key, and no output
         // (statistics, Prometheus text, violation records) carries it.
