@@ -51,6 +51,9 @@ nginx -p "$tmp/" -c "$tmp/t.conf" -e "$tmp/t.log" -t
 step "end-to-end tests"
 timeout 600 "$VENV/bin/python" tests/test_nginx.py --module "$SO"
 
+step "the Autobahn testsuite through the module (W10)"
+bash tests/autobahn.sh "$SO" "$VENV/bin/python"
+
 # The same tests with nginx (master and workers) under valgrind memcheck,
 # which also checks the engine inside the module. The reload test is left
 # out here only: under valgrind the workers' titles ("is shutting down")
