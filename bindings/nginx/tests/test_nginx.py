@@ -1247,6 +1247,73 @@ async def t_reload(env):
     env.write_conf(rl_conns=5)
 
 
+async def t_reload_many(env):
+    """TEST-PLAN W8/M11: 200 WebSockets (20 clients x concurrent=10, over
+    both workers) stay open across a reload. The new workers see every
+    client's count (an 11th connection is refused), a close in an old
+    worker frees its slot for a new worker's connection, every echo still
+    works, and when they all close the zone drains to 0 from the old
+    workers: no slot leaks, no count goes negative."""
+    clients = [f"many-{i}" for i in range(20)]
+    conns = {c: [] for c in clients}
+    try:
+        for c in clients:
+            for _ in range(10):
+                ws, err = await try_ws(env, "/conc/ws", c)
+                check(ws is not None, f"{c}: connection refused early: {err}")
+                conns[c].append(ws)
+        check(env.status("conc")["active_connections"] == 200,
+              "200 connections before the reload")
+        old = set(env.workers())
+        held_by = {int(ws.response.headers["X-Worker"])
+                   for cs in conns.values() for ws in cs}
+        check(held_by <= old, "connections on the old workers")
+        env.master.send_signal(signal.SIGHUP)
+        await reloaded(env, old)
+        check({p for p, _ in env.children()} & held_by,
+              "the old workers did not wait for their WebSockets")
+        check(env.status("conc")["active_connections"] == 200,
+              "the count after the reload")
+        ws, err = await try_ws(env, "/conc/ws", clients[0])
+        check(ws is None and err.response.status_code == 429,
+              "an 11th connection after the reload was not refused")
+        # a close in an old worker frees a slot for the new workers
+        await conns[clients[0]].pop().close()
+        await wait_for(lambda: env.status("conc")["active_connections"]
+                       == 199, "the old worker to free one slot")
+        ws, err = await try_ws(env, "/conc/ws", clients[0])
+        check(ws is not None, f"the freed slot was not reusable: {err}")
+        check(int(ws.response.headers["X-Worker"]) not in held_by,
+              "the new connection is not on a new worker")
+        conns[clients[0]].append(ws)
+        for c in clients:
+            ws = conns[c][len(c) % 10]
+            await ws.send("still " + c)
+            check(await asyncio.wait_for(ws.recv(), 10) == "still " + c,
+                  f"{c}: echo after the reload")
+    finally:
+        for cs in conns.values():
+            await close_all(cs)
+    await wait_for(lambda: env.status("conc")["active_connections"] == 0,
+                   "the zone to drain to 0 after closing all 200")
+    await wait_for(lambda: not {p for p, _ in env.children()} & held_by,
+                   "the old workers to exit")
+    st = env.status("conc")
+    check(st["active_connections"] == 0 and st["unique_clients"] == 0,
+          f"after the drain: {st['active_connections']} active, "
+          f"{st['unique_clients']} clients")
+    again = []
+    try:
+        for _ in range(10):
+            ws, err = await try_ws(env, "/conc/ws", clients[1])
+            check(ws is not None, f"reconnect after the drain: {err}")
+            again.append(ws)
+    finally:
+        await close_all(again)
+    await wait_for(lambda: env.status("conc")["active_connections"] == 0,
+                   "the zone to drain again")
+
+
 async def t_sigkill_worker(env):
     """A worker killed with SIGKILL while holding connections does not lock
     its clients out: the respawned worker reaps them."""
@@ -1295,6 +1362,7 @@ TESTS = [
     ("dry run", t_dry_run),
     ("status location", t_status),
     ("reload keeps state", t_reload),
+    ("reload keeps state with 200 WebSockets open (W8)", t_reload_many),
     ("SIGKILL a worker: reaped", t_sigkill_worker),
 ]
 
