@@ -806,7 +806,8 @@ size_t rt_reap_dead(struct rt_limiter *lim);
  * is counted against any budget. With `RT_FLAG_FAIL_OPEN` and a full table
  * the connect is allowed untracked (reason `RT_TABLE_FULL`); if even the
  * connection slab is full, `*out_conn` is then 0. With `RT_FLAG_DRY_RUN` a
- * would-be denial is allowed and registered, with its reason set.
+ * would-be denial is allowed and registered, with its reason set; a full
+ * table is such a denial, allowed untracked as with `RT_FLAG_FAIL_OPEN`.
  *
  * `lim` NULL or not a live limiter, `out_conn` NULL, or `(NULL, len > 0)`:
  * a deny with `RT_INVALID_ARGUMENT` that connects nothing (`*out_conn` is 0
@@ -1000,7 +1001,8 @@ struct rt_decision rt_check_continuation_at(struct rt_limiter *lim,
  * (`RT_CLIENT_MESSAGE_RATE`), then `client_bytes_per_window`
  * (`RT_CLIENT_BANDWIDTH`); when both are 0 every call is allowed. A key
  * that finds no table slot gives `RT_TABLE_FULL` (allowed untracked with
- * `RT_FLAG_FAIL_OPEN`). Keys and client ids share one table and one set of
+ * `RT_FLAG_FAIL_OPEN`, and with `RT_FLAG_DRY_RUN` as a would-be denial).
+ * Keys and client ids share one table and one set of
  * counters: prefix keys that could collide with client ids (e.g. "room:").
  * Window and retry_after rules as in `rt_decision`.
  *

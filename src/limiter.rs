@@ -422,8 +422,8 @@ impl Limiter {
     /// Atomically checks table capacity, concurrency and connection rate for
     /// `client`, in that order, and registers the connection when they pass:
     /// two racing connects never both take the last slot. Returns the handle
-    /// when allowed (also in dry-run mode, and untracked in fail-open mode
-    /// when the table is full).
+    /// when allowed (also in dry-run mode, and untracked in fail-open or
+    /// dry-run mode when the table is full).
     pub fn connect_at(&self, client: &[u8], now_ms: u64) -> (Decision, Option<Conn>) {
         let h = table::hash(&self.region, client);
         match self.connect_fast(h, now_ms) {
@@ -530,13 +530,16 @@ impl Limiter {
     fn table_full(&self, snap: &Snapshot, client: &[u8], now_ms: u64) -> (Decision, Option<Conn>) {
         let r = &self.region;
         let d = Decision { retry_after_ms: 0, ..Decision::deny(Reason::TableFull) };
-        if snap.fail_open() {
+        // Dry run allows what it would deny: untracked, as fail open does.
+        if snap.fail_open() || snap.dry_run() {
             r.count(|s| &s.untracked_allowed, 1);
             r.count(|s| &s.connections_allowed, 1);
             let pos = Position::with(now_ms, &snap.window, snap.window_offset);
             let token = process::token();
             let handle = conn::alloc(r, token).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, token));
-            return (Decision { allowed: true, ..d }, handle.and_then(Conn::from_raw));
+            let d = Decision { allowed: true, ..d };
+            let d = if snap.fail_open() { d } else { self.report(d, client, handle.unwrap_or(0), 1, now_ms) };
+            return (d, handle.and_then(Conn::from_raw));
         }
         (self.report(d, client, 0, 1, now_ms), None)
     }
@@ -967,9 +970,10 @@ impl Limiter {
             }
         }
         let d = Decision::deny(Reason::TableFull);
-        if snap.fail_open() {
+        if snap.fail_open() || snap.dry_run() {
             r.count(|s| &s.untracked_allowed, 1);
-            return Decision { allowed: true, ..d };
+            let d = Decision { allowed: true, ..d };
+            return if snap.fail_open() { d } else { self.report(d, key, 0, size, now_ms) };
         }
         self.report(d, key, 0, size, now_ms)
     }

@@ -348,6 +348,49 @@ fn dry_run_decides_reports_and_allows() {
 }
 
 #[test]
+fn dry_run_allows_when_the_table_is_full() {
+    // B1 under dry run: "decide and report, but allow" (`allowed` is
+    // "always true in dry-run mode"). A connect or key that finds no table
+    // slot is a would-be TableFull: allowed untracked (as with fail open),
+    // counted in dry_run_denied and untracked_allowed, and reported; a
+    // dry-run limiter never refuses anyone.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let l = lim(Limits {
+        max_clients: 1,
+        messages_per_window: 1,
+        client_messages_per_window: 5,
+        dry_run: true,
+        ..Limits::default()
+    });
+    let s2 = seen.clone();
+    l.set_violation_callback(Some(Box::new(move |v| s2.lock().unwrap().push((v.reason, v.client_id().to_vec())))));
+    let mut n = 0u32;
+    let (d, c) = loop {
+        let (d, c) = l.connect_at(format!("client-{n}").as_bytes(), 0);
+        if d.reason != Reason::Ok {
+            break (d, c);
+        }
+        n += 1;
+        assert!(n <= 8, "the table never filled");
+    };
+    assert_eq!((d.allowed, d.reason, d.retry_after_ms), (true, Reason::TableFull, 0));
+    let c = c.expect("an untracked handle, as with fail open");
+    // Its own limits still apply (as would-be denials), no client's.
+    assert!(l.check_message_at(c, 1, 0).allowed);
+    assert_eq!(l.check_message_at(c, 1, 0).reason, Reason::MessageRate);
+    let d = l.check_key_at(b"room:new", 1, 0);
+    assert_eq!((d.allowed, d.reason), (true, Reason::TableFull));
+    let s = l.stats();
+    assert_eq!(s.denied.iter().sum::<u64>(), 0, "nothing was denied");
+    assert_eq!((s.untracked_allowed, s.dry_run_denied), (2, 3));
+    let client = format!("client-{n}").into_bytes();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![(Reason::TableFull, client), (Reason::MessageRate, vec![]), (Reason::TableFull, b"room:new".to_vec())]
+    );
+}
+
+#[test]
 fn violations_reach_the_callback_and_the_ring_and_drops_are_counted() {
     let l = lim(Limits { connections_per_window: 1, max_concurrent_connections: 0, ..Limits::default() });
     conn(&l, b"10.0.0.9", 0);

@@ -286,9 +286,11 @@ fn run(l: Limits, ops: &[Op], start: u64) -> Result<(), TestCaseError> {
                         what,
                         d
                     );
-                    prop_assert_eq!((d.allowed, d.retry_after_ms), (l.fail_open, 0), "{}", what);
-                    prop_assert_eq!(h.is_some(), l.fail_open && open < l.max_connections as usize, "{}", what);
-                    if l.fail_open {
+                    // Fail open, and dry run, allow it untracked.
+                    let untracked_ok = l.fail_open || l.dry_run;
+                    prop_assert_eq!((d.allowed, d.retry_after_ms), (untracked_ok, 0), "{}", what);
+                    prop_assert_eq!(h.is_some(), untracked_ok && open < l.max_connections as usize, "{}", what);
+                    if untracked_ok {
                         untracked += 1;
                     }
                     if let Some(h) = h {
@@ -356,8 +358,9 @@ fn run(l: Limits, ops: &[Op], start: u64) -> Result<(), TestCaseError> {
                 if d.reason == Reason::TableFull {
                     prop_assert!(l.max_clients < 6, "{}: {:?} with a slot for every id", what, d);
                     prop_assert!(!m.holds_information(&key, now), "{}: {:?} for a key that holds information", what, d);
-                    prop_assert_eq!((d.allowed, d.retry_after_ms), (l.fail_open, 0), "{}", what);
-                    if l.fail_open {
+                    let untracked_ok = l.fail_open || l.dry_run;
+                    prop_assert_eq!((d.allowed, d.retry_after_ms), (untracked_ok, 0), "{}", what);
+                    if untracked_ok {
                         untracked += 1;
                     }
                     continue;
@@ -413,9 +416,9 @@ proptest! {
     /// information (no live connection, every window expired), and every
     /// other decision is the model's: a client or key that holds
     /// information is never evicted or reset to make room for another.
-    /// With fail open the refused id is allowed untracked: its connection
-    /// keeps its own limits and no client's, and `untracked_allowed`
-    /// counts it.
+    /// With fail open (or dry run) the refused id is allowed untracked: its
+    /// connection keeps its own limits and no client's, and
+    /// `untracked_allowed` counts it.
     #[test]
     fn a_full_table_never_forgets_an_id_that_holds_information(mut l in limits(), max_clients in 1u32..=3, fail_open in any::<bool>(), ops in proptest::collection::vec(op(), 1..160), start in 0u64..1_000_000) {
         l.max_clients = max_clients;

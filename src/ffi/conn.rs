@@ -58,7 +58,8 @@ unsafe fn connect(
 /// is counted against any budget. With `RT_FLAG_FAIL_OPEN` and a full table
 /// the connect is allowed untracked (reason `RT_TABLE_FULL`); if even the
 /// connection slab is full, `*out_conn` is then 0. With `RT_FLAG_DRY_RUN` a
-/// would-be denial is allowed and registered, with its reason set.
+/// would-be denial is allowed and registered, with its reason set; a full
+/// table is such a denial, allowed untracked as with `RT_FLAG_FAIL_OPEN`.
 ///
 /// `lim` NULL or not a live limiter, `out_conn` NULL, or `(NULL, len > 0)`:
 /// a deny with `RT_INVALID_ARGUMENT` that connects nothing (`*out_conn` is 0

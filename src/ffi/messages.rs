@@ -185,7 +185,8 @@ unsafe fn check_key(lim: *mut rt_limiter, key: *const u8, len: usize, size: u64,
 /// (`RT_CLIENT_MESSAGE_RATE`), then `client_bytes_per_window`
 /// (`RT_CLIENT_BANDWIDTH`); when both are 0 every call is allowed. A key
 /// that finds no table slot gives `RT_TABLE_FULL` (allowed untracked with
-/// `RT_FLAG_FAIL_OPEN`). Keys and client ids share one table and one set of
+/// `RT_FLAG_FAIL_OPEN`, and with `RT_FLAG_DRY_RUN` as a would-be denial).
+/// Keys and client ids share one table and one set of
 /// counters: prefix keys that could collide with client ids (e.g. "room:").
 /// Window and retry_after rules as in `rt_decision`.
 ///

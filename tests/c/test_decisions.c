@@ -361,6 +361,25 @@ static void table_full(void) {
   rt_disconnect(lim, c2);
   rt_disconnect(lim, r);
   rt_limiter_free(lim);
+
+  /* Dry run: a full table is a would-be denial, allowed untracked (as with
+   * fail open) and counted as one; nothing is denied. */
+  l.flags = RT_FLAG_DRY_RUN;
+  l.client_messages_per_window = 5;
+  lim = t_new(&l);
+  c = 0;
+  n = fill_table(lim, conns, &d, &c);
+  CHECK(n >= 4 && n < FILL_MAX);
+  CHECK_DECISION(d, true, RT_TABLE_FULL, 0);
+  CHECK(c != 0);
+  CHECK_DECISION(rt_check_message_at(lim, c, 1, 0), true, RT_OK, 0);
+  CHECK_DECISION(rt_check_key_at(lim, ID("room:new"), 1, 0), true, RT_TABLE_FULL, 0);
+  s = t_stats(lim);
+  CHECK_EQ(s.untracked_allowed, 2);
+  CHECK_EQ(s.dry_run_denied, 2);
+  CHECK_EQ(s.denied[RT_TABLE_FULL], 0);
+  rt_disconnect(lim, c);
+  rt_limiter_free(lim);
 }
 
 static void unknown_and_invalid(void) {
