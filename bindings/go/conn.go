@@ -85,7 +85,9 @@ func (c *Conn) checkMessage(dec *Decision, size int, nowMs uint64, at bool) {
 }
 
 // Close frees the connection's concurrency slot. Idempotent; closing after
-// the Limiter was closed does nothing.
+// the Limiter was closed does nothing (the engine closed the connection),
+// except on a shared region that another Limiter of this process still has
+// open: the connection is then closed through that one.
 func (c *Conn) Close() error {
 	if c == nil || c.lim == nil {
 		return nil
@@ -97,6 +99,10 @@ func (c *Conn) Close() error {
 	l := c.lim
 	g := l.enter()
 	if g == nil {
+		// Its Limiter is closed. On a shared region that another Limiter of
+		// this process still has open, the connection is still counted
+		// there: close it through that one.
+		closeThroughPeer(l.file, h)
 		return nil
 	}
 	cDisconnect(l.ptr, h)

@@ -31,6 +31,7 @@ type Limiter struct {
 	inflight  [inflightShards]inflightShard
 	closeOnce sync.Once
 	path      string // the shared region's file, for messages
+	file      fileID // the shared region's file (zero on the heap), see peers
 
 	violationsDropped atomic.Uint64 // records a watcher could not deliver
 }
@@ -102,6 +103,7 @@ func (l *Limiter) Close() error {
 	l.closeOnce.Do(func() {
 		runtime.SetFinalizer(l, nil)
 		l.closed.Store(true)
+		removePeer(l)
 		for spins := 0; l.busy(); spins++ {
 			if spins < 100 {
 				runtime.Gosched()

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
+	"syscall"
+	"weak"
 )
 
 // NewShared creates or attaches a limiter whose region lives in the file at
@@ -41,7 +44,9 @@ func openShared(path string, limits *Limits) (*Limiter, error) {
 	p, st, errno := cOpenFile(path, limits)
 	switch {
 	case st == statusOK:
-		return newLimiter(p, path), nil
+		l := newLimiter(p, path)
+		addPeer(l)
+		return l, nil
 	case st == statusIOError && errno != 0:
 		// errno wrapped: errors.Is(err, fs.ErrNotExist) and the like work.
 		return nil, fmt.Errorf("ratethrottle: shared region %s: %w", path, errno)
@@ -69,4 +74,81 @@ func (l *Limiter) SharedPath() string {
 		return ""
 	}
 	return l.path
+}
+
+// fileID names a region file by device and inode, as the engine does.
+type fileID struct{ dev, ino uint64 }
+
+// peers holds, weakly, the process's open shared Limiters by their file, so
+// that a Conn of a closed one can still be closed through another one on
+// the same region (closeThroughPeer). The engine closes a process's open
+// connections on a file only when its last handle on the file is freed.
+var peers struct {
+	sync.Mutex
+	byFile map[fileID][]weak.Pointer[Limiter]
+}
+
+// addPeer registers a shared Limiter under its file's identity (read from
+// the path just opened; when that fails, the Limiter has no peers).
+func addPeer(l *Limiter) {
+	fi, err := os.Stat(l.path)
+	if err != nil {
+		return
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return
+	}
+	l.file = fileID{dev: uint64(st.Dev), ino: st.Ino}
+	peers.Lock()
+	defer peers.Unlock()
+	if peers.byFile == nil {
+		peers.byFile = make(map[fileID][]weak.Pointer[Limiter])
+	}
+	peers.byFile[l.file] = append(peers.byFile[l.file], weak.Make(l))
+}
+
+// removePeer forgets l (Close calls it before freeing the handle), and any
+// entry whose Limiter was collected.
+func removePeer(l *Limiter) {
+	if l.file == (fileID{}) {
+		return
+	}
+	peers.Lock()
+	defer peers.Unlock()
+	kept := peers.byFile[l.file][:0]
+	for _, w := range peers.byFile[l.file] {
+		if p := w.Value(); p != nil && p != l {
+			kept = append(kept, w)
+		}
+	}
+	if len(kept) == 0 {
+		delete(peers.byFile, l.file)
+	} else {
+		peers.byFile[l.file] = kept
+	}
+}
+
+// closeThroughPeer closes connection h of a closed shared Limiter on file id
+// through another open Limiter of this process on the same region; without
+// one, the engine already closed it when the last handle was freed.
+func closeThroughPeer(id fileID, h uint64) {
+	if id == (fileID{}) {
+		return
+	}
+	peers.Lock()
+	var open []*Limiter
+	for _, w := range peers.byFile[id] {
+		if p := w.Value(); p != nil {
+			open = append(open, p)
+		}
+	}
+	peers.Unlock()
+	for _, p := range open {
+		if g := p.enter(); g != nil {
+			cDisconnect(p.ptr, h)
+			p.leave(g)
+			return
+		}
+	}
 }

@@ -229,9 +229,6 @@ func TestSharedAttachSameProcessAndErrors(t *testing.T) {
 	}
 }
 
-// Attaching (NewShared or AttachShared on an existing region) frees the
-// connections of processes that died holding them: the engine reaps on
-// attach.
 // Close of this process's last Limiter on a region file closes the Conns
 // it left open: nothing could close them afterwards (Conn.Close after Close
 // is a no-op), and they would hold their client's slots until the process
@@ -260,6 +257,42 @@ func TestSharedCloseFreesConnsLeftOpen(t *testing.T) {
 	mustConnect(t, again, "y", 0)
 }
 
+// A Conn of a shared Limiter closed while another Limiter of this process
+// has the same file open: the engine does not close it (the process still
+// has a handle on the file), so Conn.Close goes through the open one;
+// before, it was a no-op and the slot stayed held until the last one closed.
+func TestSharedConnOfAClosedLimiterClosesThroughAnother(t *testing.T) {
+	path := shmPath(t, "peerclose")
+	l := testLimits()
+	l.MaxConcurrentConnections = 1
+	a, err := NewShared(path, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := AttachShared(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c := mustConnect(t, a, "z", 0)
+	a.Close()
+	if n := b.ClientConnections("z"); n != 1 {
+		t.Fatalf("with a handle left, the engine closed the Conn (%d live)", n)
+	}
+	c.Close()
+	if n := b.ClientConnections("z"); n != 0 {
+		t.Fatalf("the closed Limiter's Conn still holds %d slot(s) after its Close", n)
+	}
+	mustConnect(t, b, "z", 0)
+	c.Close() // idempotent: not closed twice through b
+	if n := b.ClientConnections("z"); n != 1 {
+		t.Fatalf("a second Close changed the count to %d", n)
+	}
+}
+
+// Attaching (NewShared or AttachShared on an existing region) frees the
+// connections of processes that died holding them: the engine reaps on
+// attach.
 func TestSharedAttachReapsDeadProcesses(t *testing.T) {
 	path := shmPath(t, "reap")
 	parent, err := NewShared(path, testLimits())
