@@ -6,6 +6,7 @@
 // data) and builds decision objects. Every decision comes from the engine.
 
 const { EventEmitter } = require('node:events');
+const fs = require('node:fs');
 const { isArrayBuffer, isSharedArrayBuffer, isUint8Array } = require('node:util').types;
 const native = require('./lib/native.js');
 const { clientKey } = require('./lib/client-key.js');
@@ -28,6 +29,50 @@ const IN_SIZE = 10;
 const IN_NOW = 11;
 const kCore = Symbol('ratethrottle.core');
 const kCreate = Symbol('ratethrottle.create');
+
+// The process's open shared limiters' cores by their file ("dev:ino"),
+// held weakly, so that a Connection of a closed one can still be closed
+// through another one open on the same region: the engine closes a
+// process's connections on a file only when its last handle there is freed.
+const sharedCores = new Map();
+
+function fileKey(path) {
+  try {
+    const st = fs.statSync(path, { bigint: true });
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return null; // then this limiter has no peers
+  }
+}
+
+function addShared(core, path) {
+  core.file = fileKey(path);
+  if (core.file === null) return;
+  let set = sharedCores.get(core.file);
+  if (set === undefined) sharedCores.set(core.file, (set = new Set()));
+  set.add(new WeakRef(core));
+}
+
+function removeShared(core) {
+  const set = core.file === null ? undefined : sharedCores.get(core.file);
+  if (set === undefined) return;
+  for (const ref of set) {
+    const c = ref.deref();
+    if (c === undefined || c === core) set.delete(ref);
+  }
+  if (set.size === 0) sharedCores.delete(core.file);
+}
+
+/** Closes connection (lo, hi) of a closed shared limiter through an open one on the same file. */
+function closeThroughPeer(file, lo, hi) {
+  const set = file === null ? undefined : sharedCores.get(file);
+  if (set === undefined) return false;
+  for (const ref of set) {
+    const c = ref.deref();
+    if (c !== undefined && !c.closed) return c.h.disconnect(lo, hi);
+  }
+  return false;
+}
 
 function typeName(v) {
   if (v === null) return 'null';
@@ -128,6 +173,7 @@ class Core {
   constructor(handle, emitter, pollMs) {
     this.h = handle;
     this.s = handle.scratch;
+    this.file = null; // a shared region's file ("dev:ino"), see sharedCores
     this.checkMessage = handle.checkMessage;
     this.checkMessageAt = handle.checkMessageAt;
     this.emitter = emitter;
@@ -278,7 +324,11 @@ class Connection {
   close() {
     if (this.#closed) return false;
     this.#closed = true;
-    return this.#core.h.disconnect(this.#lo, this.#hi);
+    const core = this.#core;
+    // Its limiter closed: on a shared region another limiter of this
+    // process still has open, the connection is still counted there.
+    if (core.closed) return closeThroughPeer(core.file, this.#lo, this.#hi);
+    return core.h.disconnect(this.#lo, this.#hi);
   }
 
   get closed() {
@@ -323,6 +373,7 @@ class Limiter extends EventEmitter {
     }
     checkPollMs(violationPollMs);
     const core = new Core(native.create(own, sharedPath), this, violationPollMs);
+    if (sharedPath !== undefined) addShared(core, sharedPath);
     this.#core = core;
     this.on('newListener', (event) => {
       if (event === 'violation') core.startPolling();
@@ -441,6 +492,7 @@ class Limiter extends EventEmitter {
     const last = core.take();
     core.stopPolling();
     core.closed = true;
+    removeShared(core);
     core.h.close();
     core.emitAll(last);
   }

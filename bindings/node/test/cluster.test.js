@@ -53,6 +53,25 @@ test('shared: attach sees the creator\'s state and limits; a mismatched size is 
   }
 });
 
+test('shared: a connection of a closed limiter is closed through another limiter of the process on the same file', () => {
+  const p = shmPath('peerclose');
+  try {
+    const a = Limiter.shared(p, { maxConcurrentConnections: 1, maxClients: 64, maxConnections: 64 });
+    const b = Limiter.shared(p, { maxClients: 64, maxConnections: 64 });
+    const c = a.connect('z').connection;
+    a.close();
+    assert.equal(b.clientConnections('z'), 1, 'with a handle left, the engine keeps the connection');
+    assert.equal(c.close(), true, 'closed through b');
+    assert.equal(b.clientConnections('z'), 0);
+    assert.equal(b.connect('z').allowed, true);
+    assert.equal(c.close(), false, 'idempotent');
+    assert.equal(b.clientConnections('z'), 1);
+    b.close();
+  } finally {
+    fs.rmSync(p, { force: true });
+  }
+});
+
 test("shared: a 'violation' listener sees denials made through another attached limiter (ring + poll)", async () => {
   const p = shmPath('violations');
   try {
