@@ -12,7 +12,7 @@
 // the same fields plus `event`.
 
 const { clientKey } = require('./index.js');
-const { denialBody, valueSize } = require('./lib/adapter.js');
+const { denialBody, valueSize, functionOption } = require('./lib/adapter.js');
 
 const kConnection = Symbol('ratethrottle.connection');
 // rate_limited events that may wait unsent on one socket (see packetCheck).
@@ -122,7 +122,8 @@ function checkPackets(socket, conn, options) {
  * (`event: 'connect'`) and is disconnected.
  */
 function middleware(limiter, options = {}) {
-  const clientId = options.clientId || defaultClientId(options.ipv6PrefixLength);
+  const clientId = functionOption(options, 'clientId', 'socketio') || defaultClientId(options.ipv6PrefixLength);
+  functionOption(options, 'packetSize', 'socketio');
   const decided = new WeakSet(); // sockets this middleware has seen
   const hooked = new WeakSet(); // namespaces watched for sockets that skip it
 

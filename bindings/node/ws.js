@@ -11,7 +11,7 @@
 // connection when the socket closes.
 
 const { byteSize, clientKey } = require('./index.js');
-const { retryAfterSeconds, denialBody } = require('./lib/adapter.js');
+const { retryAfterSeconds, denialBody, functionOption } = require('./lib/adapter.js');
 
 const kConnection = Symbol('ratethrottle.connection');
 // Set on a request admitted without a connection to track (failOpen with
@@ -41,7 +41,7 @@ function defaultClientId(ipv6PrefixLength = 64) {
  * accepted and its messages are not checked.
  */
 function verifyClient(limiter, options = {}) {
-  const clientId = options.clientId || defaultClientId(options.ipv6PrefixLength);
+  const clientId = functionOption(options, 'clientId', 'ws') || defaultClientId(options.ipv6PrefixLength);
   return (info, cb) => {
     const req = info.req;
     if (req.socket.destroyed) {

@@ -52,4 +52,16 @@ function valueSize(v, depth = 0) {
   return n;
 }
 
-module.exports = { retryAfterSeconds, denialBody, valueSize };
+/**
+ * `options[name]` when it is a function or undefined; anything else is a
+ * TypeError when the adapter is set up (it would fail at every request).
+ */
+function functionOption(options, name, adapter) {
+  const v = options[name];
+  if (v !== undefined && typeof v !== 'function') {
+    throw new TypeError(`ratethrottle/${adapter}: ${name} must be a function, got ${v === null ? 'null' : typeof v}`);
+  }
+  return v;
+}
+
+module.exports = { retryAfterSeconds, denialBody, valueSize, functionOption };

@@ -338,3 +338,14 @@ test('socket.io: with connectionStateRecovery, a recovered socket (which skips m
   other.disconnect();
   await until(() => limiter.clientConnections('127.0.0.1') === 0, 'every lease released');
 });
+
+test('socket.io: a clientId or packetSize that is not a function throws when the middleware is made', () => {
+  const limiter = new Limiter({ maxClients: 64, maxConnections: 64 });
+  for (const name of ['clientId', 'packetSize']) {
+    for (const v of ['x', 5, null, {}]) {
+      assert.throws(() => rtio.middleware(limiter, { [name]: v }), TypeError, `${name} ${String(v)}`);
+    }
+  }
+  rtio.middleware(limiter, { clientId: () => 'a', packetSize: () => 1 });
+  limiter.close();
+});

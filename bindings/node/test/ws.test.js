@@ -567,6 +567,11 @@ test('ws: bad onDenied, tooLargeCode and policyCode values throw when the adapte
     assert.throws(() => rtws.protect(wss, { onDenied: v }), TypeError, `onDenied ${String(v)}`);
   }
   assert.equal(wss.listenerCount('connection'), 0, 'nothing was installed');
+  const lim = new Limiter({ maxClients: 64, maxConnections: 64 });
+  for (const v of ['x', 5, null, {}]) {
+    assert.throws(() => rtws.verifyClient(lim, { clientId: v }), /clientId must be a function/, `clientId ${String(v)}`);
+  }
+  lim.close();
   for (const o of [{ policyCode: 4000, tooLargeCode: 1000 }, { policyCode: 1014 }, { onDenied: 'reply' }, { onDenied: () => {} }]) {
     rtws.protect(wss, o);
   }
