@@ -324,7 +324,10 @@ typedef struct rt_decision {
 /**
  * A connection handle. 0 is never a valid handle. Handles carry a
  * generation, so a closed, reused or forged handle is detected and answered
- * with `RT_UNKNOWN_CONNECTION`, never undefined behaviour.
+ * with `RT_UNKNOWN_CONNECTION`, never undefined behaviour. Each limiter
+ * (each region: processes attached to one share it) salts its handles, so
+ * a handle of another limiter is refused the same way (a random value
+ * passes about once in 2^32).
  */
 typedef uint64_t rt_conn;
 

@@ -68,8 +68,12 @@ pub(crate) struct Live {
 }
 
 /// Splits a handle into (index, generation); `None` for 0 or out of range.
+/// A handle of another region (another limiter) is unsalted with the wrong
+/// salt: its generation then has bits above `GEN_MASK` (refused here) or
+/// names another generation, except about once in 2^32.
 #[inline(always)]
 pub(crate) fn decode(region: &Region, handle: u64) -> Option<(u32, u64)> {
+    let handle = handle ^ region.handle_salt;
     let idx1 = handle & 0xFFFF_FFFF;
     let generation = handle >> 32;
     if idx1 == 0 || idx1 > region.layout.max_connections as u64 || generation > GEN_MASK {
@@ -78,9 +82,11 @@ pub(crate) fn decode(region: &Region, handle: u64) -> Option<(u32, u64)> {
     Some(((idx1 - 1) as u32, generation))
 }
 
+/// The handle of connection `index` in its `generation`: never 0 (the low
+/// half is the index + 1).
 #[inline]
-pub(crate) fn handle(index: u32, generation: u64) -> u64 {
-    (generation << 32) | (index as u64 + 1)
+pub(crate) fn handle(region: &Region, index: u32, generation: u64) -> u64 {
+    ((generation << 32) | (index as u64 + 1)) ^ region.handle_salt
 }
 
 #[inline]
@@ -229,7 +235,7 @@ pub(crate) fn publish(region: &Region, index: u32) -> u64 {
     debug_assert!(s & (LIVE | BUSY) == BUSY);
     // Release: whoever sees the live state sees every field `prepare` wrote.
     slot.state.store(s & !BUSY | LIVE, Ordering::Release);
-    handle(index, state_generation(s))
+    handle(region, index, state_generation(s))
 }
 
 /// Publishes a connection in slot `index` and returns its handle (for a
@@ -390,7 +396,7 @@ pub(crate) fn live_connections(region: &Region) -> impl Iterator<Item = (u64, Li
         }
         let generation = state_generation(s);
         Some((
-            handle(i, generation),
+            handle(region, i, generation),
             Live {
                 index: i,
                 generation,

@@ -31,7 +31,9 @@ use core::num::NonZeroU64;
 /// with `TableFull` (bounded, so no thread spins for ever: C6).
 const MAX_RELOOKUPS: u32 = 64;
 
-/// A connection handle: `(generation << 32) | (index + 1)`; never 0.
+/// A connection handle: `(generation << 32) | (index + 1)`, its high half
+/// XORed with a salt drawn per region; never 0. A handle of another limiter
+/// (another region) is refused as unknown, except about once in 2^32.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conn(NonZeroU64);
@@ -983,7 +985,7 @@ impl Limiter {
     fn report_conn(&self, d: Decision, live: &conn::Live, size: u64, now_ms: u64) -> Decision {
         let (id, len) =
             if live.client == NO_CLIENT { ([0u8; 40], 0) } else { table::client_id(&self.region, live.client) };
-        let handle = conn::handle(live.index, live.generation);
+        let handle = conn::handle(&self.region, live.index, live.generation);
         self.report_id(d, &id[..(len as usize).min(40)], len, handle, size, now_ms)
     }
 

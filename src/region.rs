@@ -603,6 +603,12 @@ pub(crate) struct Region {
     #[cfg(loom)]
     parts: Box<LoomParts>,
     pub layout: Layout,
+    /// XORed into every connection handle this region gives out (bits 32 to
+    /// 63 only, so a handle's low half, the slot, stays non-zero): a handle
+    /// of another region decodes to a generation that almost never matches
+    /// (see `conn::decode`). Drawn from the region's hash key, the same in
+    /// every process attached.
+    pub handle_salt: u64,
 }
 
 // SAFETY: a region holds only atomics; every access goes through them.
@@ -669,9 +675,13 @@ impl Region {
             core::ptr::copy_nonoverlapping(format_begun().as_ptr(), base, HEAD_LEN);
             core::ptr::write_bytes(base.add(HEAD_LEN), 0, layout.total - HEAD_LEN);
         }
-        let region =
-            Region { base: core::ptr::NonNull::new(base).ok_or(Error::InvalidArgument("memory is NULL"))?, layout };
+        let mut region = Region {
+            base: core::ptr::NonNull::new(base).ok_or(Error::InvalidArgument("memory is NULL"))?,
+            layout,
+            handle_salt: 0,
+        };
         region.format(l);
+        region.handle_salt = region.draw_handle_salt();
         Ok(region)
     }
 
@@ -689,8 +699,9 @@ impl Region {
             conns: (0..layout.max_connections).map(|_| ConnSlot::zeroed()).collect(),
             ring: (0..RING_CAP).map(|_| RingCell::zeroed()).collect(),
         });
-        let region = Region { parts, layout };
+        let mut region = Region { parts, layout, handle_salt: 0 };
         region.format(l);
+        region.handle_salt = region.draw_handle_salt();
         Ok(region)
     }
 
@@ -782,7 +793,19 @@ impl Region {
         if w == 0 || w > u32::MAX as u64 || snap.window != crate::window::Divisor::new(w) {
             return Err(Error::IncompatibleRegion("corrupt window length".into()));
         }
-        Ok(Region { base: core::ptr::NonNull::new(base).ok_or(Error::InvalidArgument("memory is NULL"))?, layout })
+        let mut region = Region {
+            base: core::ptr::NonNull::new(base).ok_or(Error::InvalidArgument("memory is NULL"))?,
+            layout,
+            handle_salt: 0,
+        };
+        region.handle_salt = region.draw_handle_salt();
+        Ok(region)
+    }
+
+    /// The region's handle salt: a keyed hash (the region's secret hash key)
+    /// of a fixed text, so that handles never show the key.
+    fn draw_handle_salt(&self) -> u64 {
+        (crate::table::hash(self, b"ratethrottle: connection handles") as u64) & 0xFFFF_FFFF_0000_0000
     }
 
     #[cfg(not(loom))]

@@ -214,6 +214,25 @@ fn unknown_stale_and_forged_handles() {
     assert_eq!(l.stats().denied[Reason::UnknownConnection as usize], checks);
 }
 
+/// Two limiters hand out their first connections in the same slot and
+/// generation; each region salts its handles, so one limiter's handle is
+/// refused by the other instead of naming a connection there.
+#[test]
+fn a_handle_of_another_limiter_is_refused() {
+    let limits = Limits { max_connections: 4, ..Limits::default() };
+    let (a, b) = (lim(limits), lim(limits));
+    for round in 0..50 {
+        let ca = conn(&a, b"x", 0);
+        let cb = conn(&b, b"x", 0);
+        assert_ne!(ca, cb, "round {round}: the same handle from two limiters");
+        assert_eq!(b.check_message_at(ca, 1, 0).reason, Reason::UnknownConnection, "round {round}");
+        assert!(b.connection_info(ca).is_none());
+        assert!(!b.disconnect(ca), "round {round}: b closed a's connection");
+        assert_eq!(b.client_connections(b"x"), 1);
+        assert!(a.disconnect(ca) && b.disconnect(cb));
+    }
+}
+
 #[test]
 fn ids_are_any_bytes_and_never_confused() {
     // A2/A4/B12: the empty id, NUL bytes, invalid UTF-8, long ids that share a prefix.
