@@ -333,7 +333,7 @@ fn check_decision(d: &rt_decision, l: &rt_limits) {
     if d.allowed {
         match d.reason {
             RT_OK => {}
-            RT_TABLE_FULL => assert!(fail_open, "allowed with RT_TABLE_FULL without fail-open: {d:?}"),
+            RT_TABLE_FULL => assert!(fail_open || dry, "allowed with RT_TABLE_FULL without fail-open or dry run: {d:?}"),
             r => assert!(dry && r != RT_UNKNOWN_CONNECTION && r != RT_INVALID_ARGUMENT, "allowed with reason: {d:?}"),
         }
         if !dry || d.reason == RT_OK {
@@ -812,6 +812,11 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
                 w.regions[r].c.connections_allowed += 1;
                 if d.reason == RT_TABLE_FULL {
                     w.regions[r].c.untracked_allowed += 1;
+                    if l.flags & RT_FLAG_FAIL_OPEN == 0 {
+                        // Dry run: allowed untracked, reported as a would-be denial.
+                        w.regions[r].c.dry_run_denied += 1;
+                        w.record(slot);
+                    }
                     if conn != 0 {
                         assert!(!w.regions[r].live.iter().any(|x| x.0 == conn), "handle {conn:#x} handed out twice");
                         w.regions[r].live.push((conn, None));
@@ -915,6 +920,9 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
             };
             let r = region.unwrap();
             let fail_open = w.regions[r].limits.flags & RT_FLAG_FAIL_OPEN != 0;
+            // Dry run (without fail open) allows a full table untracked too,
+            // and reports it as a would-be denial.
+            let dry_full = !fail_open && w.regions[r].limits.flags & RT_FLAG_DRY_RUN != 0;
             let (model_before, engine_before) = before.unwrap();
             assert_eq!(model_before, engine_before as u64, "rt_client_connections before register");
             // SAFETY: as above.
@@ -928,17 +936,25 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
                         w.regions[r].live.push((conn, Some(bytes.clone())));
                         *w.regions[r].clients.entry(bytes).or_default() += 1;
                     } else {
-                        assert!(fail_open && after == model_before, "register: {model_before} -> {after}");
+                        assert!((fail_open || dry_full) && after == model_before, "register: {model_before} -> {after}");
                         w.regions[r].live.push((conn, None));
                         w.regions[r].c.untracked_allowed += 1;
+                        if dry_full {
+                            w.regions[r].c.dry_run_denied += 1;
+                            w.record(slot);
+                        }
                     }
                 }
                 RT_STATUS_TABLE_FULL => {
                     assert_eq!(conn, 0xdead_beef, "out written on failure");
                     assert_eq!(after, model_before);
-                    if fail_open {
+                    if fail_open || dry_full {
                         w.regions[r].c.connections_allowed += 1;
                         w.regions[r].c.untracked_allowed += 1;
+                        if dry_full {
+                            w.regions[r].c.dry_run_denied += 1;
+                            w.record(slot);
+                        }
                     } else {
                         w.regions[r].c.denied[RT_TABLE_FULL as usize] += 1;
                         w.record(slot);
@@ -1139,7 +1155,12 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
             let record = match (d.allowed, d.reason) {
                 (true, RT_TABLE_FULL) => {
                     c.untracked_allowed += 1;
-                    false
+                    // Dry run without fail open: a would-be denial, reported.
+                    let dry_full = l.flags & RT_FLAG_FAIL_OPEN == 0;
+                    if dry_full {
+                        c.dry_run_denied += 1;
+                    }
+                    dry_full
                 }
                 (true, RT_OK) => {
                     c.keys_allowed += 1;
