@@ -333,7 +333,9 @@ fn check_decision(d: &rt_decision, l: &rt_limits) {
     if d.allowed {
         match d.reason {
             RT_OK => {}
-            RT_TABLE_FULL => assert!(fail_open || dry, "allowed with RT_TABLE_FULL without fail-open or dry run: {d:?}"),
+            RT_TABLE_FULL => {
+                assert!(fail_open || dry, "allowed with RT_TABLE_FULL without fail-open or dry run: {d:?}")
+            }
             r => assert!(dry && r != RT_UNKNOWN_CONNECTION && r != RT_INVALID_ARGUMENT, "allowed with reason: {d:?}"),
         }
         if !dry || d.reason == RT_OK {
@@ -936,7 +938,10 @@ fn step(w: &mut World, u: &mut Unstructured, op: Op) -> arbitrary::Result<()> {
                         w.regions[r].live.push((conn, Some(bytes.clone())));
                         *w.regions[r].clients.entry(bytes).or_default() += 1;
                     } else {
-                        assert!((fail_open || dry_full) && after == model_before, "register: {model_before} -> {after}");
+                        assert!(
+                            (fail_open || dry_full) && after == model_before,
+                            "register: {model_before} -> {after}"
+                        );
                         w.regions[r].live.push((conn, None));
                         w.regions[r].c.untracked_allowed += 1;
                         if dry_full {
