@@ -368,7 +368,10 @@ class WebSocketRateLimiter:
         return _connect_result(d)
 
     async def unregister_connection(self, connection_id: str) -> None:
-        """Closes a connection; unknown ids are ignored."""
+        """Closes a connection; unknown ids are ignored (a non-str id raises
+        TypeError)."""
+        if type(connection_id) is not str:
+            _check_connection_id(connection_id)
         self._release(connection_id)
 
     def _release(self, connection_id: Any) -> None:
@@ -453,6 +456,8 @@ class WebSocketRateLimiter:
         ``time.time()`` of the registration, as in the seed (the same in
         every snapshot); ``last_message_time`` adds the engine's monotonic
         time from the connect to the last allowed message."""
+        if type(connection_id) is not str:
+            _check_connection_id(connection_id)
         handle = self._handles.get(connection_id)
         if handle is None:
             return None

@@ -719,3 +719,23 @@ async def test_fastapi_slot_is_freed_when_the_handler_ends_without_disconnect():
     assert lim.get_client_connections("10.1.1.1") == 1  # other's slot kept
     await limiter.disconnect(other)
     assert lim.get_client_connections("10.1.1.1") == 0 and not limiter._finalizers
+
+
+async def test_every_call_taking_a_connection_id_refuses_a_non_str():
+    # The README's bad-input table: "connection_id not a str: TypeError".
+    # unregister_connection and get_connection_info ignored such ids
+    # (None, bytes, int) silently, hiding the caller's bug.
+    lim = WebSocketRateLimiter(WebSocketLimits(max_clients=64, max_connections=64))
+    await lim.connect("c", "ip")
+    chan = ChannelsRateLimiter(WebSocketLimits(max_clients=64, max_connections=64))
+    for bad in (None, b"c", 1):
+        with pytest.raises(TypeError, match="connection_id"):
+            await lim.unregister_connection(bad)
+        with pytest.raises(TypeError, match="connection_id"):
+            lim.get_connection_info(bad)
+        with pytest.raises(TypeError, match="connection_id"):
+            await chan.unregister_connection(bad)
+    assert lim.get_client_connections("ip") == 1
+    assert lim.get_connection_info("c") is not None
+    await lim.unregister_connection("c")
+    assert lim.get_connection_info("c") is None
