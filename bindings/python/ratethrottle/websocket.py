@@ -9,6 +9,7 @@ engine), validates argument types and builds the seed's dicts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -554,7 +555,7 @@ class WebSocketRateLimiter:
             if inspect.isawaitable(r):
                 task = asyncio.ensure_future(r)
                 self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(functools.partial(_violation_task_done, self._tasks, info))
         except Exception:  # a broken callback must not break the check
             logger.exception("on_violation raised for %r", info)
 
@@ -569,6 +570,25 @@ class WebSocketRateLimiter:
         return (
             f"WebSocketRateLimiter(connections={len(self._handles)}, limits={self.limits}{shared})"
         )
+
+
+def _violation_task_done(tasks: set, info: Dict[str, Any], task: "asyncio.Future") -> None:
+    """A coroutine callback's end: its exception is logged (and so
+    retrieved) like a plain callback's (the task is not
+    kept holding the limiter); a cancellation, such as its loop
+    ending first (``asyncio.run``, ``async_to_sync`` without an outer
+    loop), is logged too, rather than lost silently."""
+    tasks.discard(task)
+    if task.cancelled():
+        logger.warning(
+            "on_violation coroutine was cancelled before it finished (its event loop "
+            "ended or it was cancelled) for %r",
+            info,
+        )
+        return
+    exc = task.exception()
+    if exc is not None:
+        logger.error("on_violation raised for %r", info, exc_info=exc)
 
 
 def _close_connections(engine: "_engine.Engine", conns: Dict[int, tuple]) -> None:

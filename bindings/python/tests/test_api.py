@@ -739,3 +739,51 @@ async def test_every_call_taking_a_connection_id_refuses_a_non_str():
     assert lim.get_connection_info("c") is not None
     await lim.unregister_connection("c")
     assert lim.get_connection_info("c") is None
+
+
+async def test_async_violation_callback_failures_are_logged_by_the_package(caplog):
+    # A coroutine callback that raises is logged on the package's logger
+    # with the violation, as a plain callback's exception is (it was left
+    # to asyncio's "Task exception was never retrieved" at collection).
+    done = asyncio.Event()
+
+    async def broken(info):
+        done.set()
+        raise RuntimeError("async boom")
+
+    lim = WebSocketRateLimiter(
+        WebSocketLimits(max_message_size=1, max_clients=64, max_connections=64),
+        on_violation=broken,
+    )
+    await lim.connect("c", "ip")
+    assert (await lim.check_message("c", 2))["reason"] == "message_too_large"
+    await asyncio.wait_for(done.wait(), 5)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    recs = [r for r in caplog.records if r.name == "ratethrottle.websocket"]
+    assert recs and "on_violation raised" in recs[0].getMessage()
+    assert "message_too_large" in recs[0].getMessage()
+    assert "async boom" in caplog.text
+
+
+def test_async_violation_callback_cut_short_by_its_loop_ending_is_reported(caplog):
+    # async_to_sync without an outer loop (a sync view, a script) and
+    # asyncio.run end their loop when the check returns, cancelling the
+    # callback's task at its first await: that loss was silent.
+    from asgiref.sync import async_to_sync
+
+    started = []
+
+    async def slow(info):
+        started.append(info["reason"])
+        await asyncio.sleep(1)
+
+    lim = WebSocketRateLimiter(
+        WebSocketLimits(max_message_size=1, max_clients=64, max_connections=64),
+        on_violation=slow,
+    )
+    async_to_sync(lim.connect)("c", "ip")
+    r = async_to_sync(lim.check_message)("c", 2)
+    assert r["reason"] == "message_too_large"
+    assert started == ["message_too_large"]
+    assert "on_violation coroutine was cancelled" in caplog.text
