@@ -60,7 +60,8 @@ class WebSocketLimits:
     all its connections, and per key for ``check_key`` (rooms, channels);
     max_clients / max_connections: the engine's fixed capacities.
 
-    0 means "no limit" for every field (the engine's rule).
+    0 means "no limit" for every field (the engine's rule) but the two
+    capacities, max_clients and max_connections (1 to 8388608).
     """
 
     connections_per_minute: int = 60

@@ -7,6 +7,7 @@ never sleeps or timed asserts.
 
 import asyncio
 import math
+from pathlib import Path
 
 import pytest
 
@@ -787,3 +788,13 @@ def test_async_violation_callback_cut_short_by_its_loop_ending_is_reported(caplo
     assert r["reason"] == "message_too_large"
     assert started == ["message_too_large"]
     assert "on_violation coroutine was cancelled" in caplog.text
+
+
+def test_capacities_are_the_fields_where_zero_is_not_no_limit():
+    # The README said "0 (or None) means no limit" for every field; the
+    # engine's capacities refuse 0 (a region needs room), naming the field.
+    for name in ("max_clients", "max_connections"):
+        with pytest.raises(ValueError, match=f"WebSocketLimits.{name}"):
+            WebSocketRateLimiter(WebSocketLimits(**{name: 0}))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "for every field but the capacities" in readme
