@@ -676,7 +676,8 @@ def _text_size(message: Any) -> int:
         return len(message.encode("utf-8", "surrogatepass"))
     try:
         text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
+        # RecursionError: data nested deeper than the interpreter's limit.
         raise TypeError(
             "message must be str, bytes or JSON-serialisable data, "
             f"not {type(message).__name__}: {e}"

@@ -798,3 +798,18 @@ def test_capacities_are_the_fields_where_zero_is_not_no_limit():
             WebSocketRateLimiter(WebSocketLimits(**{name: 0}))
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "for every field but the capacities" in readme
+
+
+async def test_a_message_nested_too_deep_for_json_is_a_type_error():
+    # json.dumps raises RecursionError past the interpreter's limit; the
+    # adapters' check_message answers bad data with TypeError.
+    from ratethrottle.websocket import ChannelsRateLimiter
+
+    adapter = ChannelsRateLimiter()
+    assert await adapter.connect("chan", "ip")
+    deep = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        await adapter.check_message("chan", deep)
+    assert await adapter.check_message("chan", [[1]])
