@@ -53,9 +53,21 @@ typedef struct {
 typedef struct {
     ngx_shm_zone_t              *shm_zone;
     ngx_uint_t                   off;     /* unsigned off:1 */
+
+    /* the status= and dry_run parameters of "ratethrottle zone=...": they
+       belong to that directive and are inherited only with it */
+    ngx_uint_t                   zone_status;     /* 0: not given */
+    ngx_flag_t                   zone_dry_run;
+
+    /* ratethrottle_status_code and ratethrottle_dry_run */
     ngx_uint_t                   status_code;
-    ngx_uint_t                   log_level;
     ngx_flag_t                   dry_run;
+
+    /* what applies (set at merge): the parameters, else the directives */
+    ngx_uint_t                   deny_status;
+    ngx_flag_t                   deny_dry_run;
+
+    ngx_uint_t                   log_level;
     ngx_flag_t                   control_frames;
     ngx_shm_zone_t              *status_zone;
 } ngx_http_ratethrottle_loc_conf_t;
@@ -347,7 +359,7 @@ ngx_http_ratethrottle_handler(ngx_http_request_t *r)
         return NGX_DECLINED;
     }
 
-    if (lcf->dry_run) {
+    if (lcf->deny_dry_run) {
         return NGX_DECLINED;
     }
 
@@ -374,7 +386,7 @@ ngx_http_ratethrottle_handler(ngx_http_request_t *r)
                        - h->value.data;
     }
 
-    return lcf->status_code;
+    return lcf->deny_status;
 }
 
 
@@ -473,7 +485,7 @@ ngx_http_ratethrottle_note(ngx_http_ratethrottle_ctx_t *ctx, rt_decision *d,
     ngx_log_error(level, ctx->connection->log, 0,
                   "ratethrottle: %s%s denied, reason \"%s\", size %uL, "
                   "limit %uL, current %uL, retry after %uL ms, by zone \"%V\"",
-                  ctx->lcf->dry_run ? "dry run, " : "", what,
+                  ctx->lcf->deny_dry_run ? "dry run, " : "", what,
                   rt_reason_str(d->reason), size, d->limit, d->current,
                   d->retry_after_ms, &ctx->zone->name);
 }
@@ -491,7 +503,7 @@ ngx_http_ratethrottle_ws_verdict(ngx_http_ratethrottle_ctx_t *ctx,
 {
     ngx_http_ratethrottle_note(ctx, d, what, size);
 
-    if (d->allowed || ctx->lcf->dry_run) {
+    if (d->allowed || ctx->lcf->deny_dry_run) {
         return 0;
     }
 
@@ -1485,12 +1497,24 @@ ngx_http_ratethrottle_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->shm_zone == NULL && !conf->off) {
         conf->shm_zone = prev->shm_zone;
         conf->off = prev->off;
+        conf->zone_status = prev->zone_status;
+        conf->zone_dry_run = prev->zone_dry_run;
     }
 
     ngx_conf_merge_uint_value(conf->status_code, prev->status_code,
                               NGX_HTTP_TOO_MANY_REQUESTS);
     ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+
+    /*
+     * The parameters of "ratethrottle zone=... status=... dry_run" go with
+     * that directive: a level with its own "ratethrottle zone=..." does not
+     * take them from an outer one (it takes the ratethrottle_status_code
+     * and ratethrottle_dry_run directives, as limit_req_status).
+     */
+    conf->deny_status = conf->zone_status ? conf->zone_status
+                                          : conf->status_code;
+    conf->deny_dry_run = conf->zone_dry_run || conf->dry_run;
     ngx_conf_merge_value(conf->control_frames, prev->control_frames, 0);
 
     return NGX_CONF_OK;
@@ -1999,7 +2023,7 @@ ngx_http_ratethrottle(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     for (i = 2; i < cf->args->nelts; i++) {
 
         if (ngx_strncmp(value[i].data, "status=", 7) == 0) {
-            if (lcf->status_code != NGX_CONF_UNSET_UINT) {
+            if (lcf->zone_status) {
                 return "has a duplicate status code";
             }
 
@@ -2011,16 +2035,16 @@ ngx_http_ratethrottle(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 return NGX_CONF_ERROR;
             }
 
-            lcf->status_code = (ngx_uint_t) code;
+            lcf->zone_status = (ngx_uint_t) code;
             continue;
         }
 
         if (ngx_strcmp(value[i].data, "dry_run") == 0) {
-            if (lcf->dry_run != NGX_CONF_UNSET) {
+            if (lcf->zone_dry_run) {
                 return "has a duplicate dry run setting";
             }
 
-            lcf->dry_run = 1;
+            lcf->zone_dry_run = 1;
             continue;
         }
 

@@ -83,6 +83,8 @@ http {{
                       connections=100000;
     ratethrottle_zone $http_x_client zone=tunnel:1m messages=2
                       max_message_size=16 connections=100000;
+    ratethrottle_zone $http_x_client zone=inh:1m connections=1
+                      concurrent=1000;
 
     upstream backend {{
         server 127.0.0.1:{bport};
@@ -150,6 +152,17 @@ http {{
         location /rec {{
             ratethrottle zone=tunnel;
             proxy_pass http://127.0.0.1:{tport};
+        }}
+
+        # the status= and dry_run parameters of an outer "ratethrottle"
+        # do not reach a level with its own "ratethrottle zone=..."
+        location /inh {{
+            ratethrottle zone=spam status=418 dry_run;
+            proxy_pass http://backend;
+            location /inh/own {{
+                ratethrottle zone=inh;
+                proxy_pass http://backend;
+            }}
         }}
 
         location = /rt-status/conc {{ ratethrottle_status zone=conc; }}
@@ -1181,6 +1194,22 @@ async def t_status(env):
     check(code == 400, f"unknown format: {code}")
 
 
+async def t_param_inheritance(env):
+    """`ratethrottle zone=spam status=418 dry_run` in /inh: its parameters
+    belong to it; the nested location with its own `ratethrottle zone=inh`
+    (connections=1) denies with 429, not in dry run and not with 418."""
+    code, _, _ = env.get("/inh/own/x", client="inh")
+    check(code == 200, f"first request got {code}")
+    code, h, _ = env.get("/inh/own/x", client="inh")
+    check(code == 429, f"second request to /inh/own got {code}: the outer "
+                       "level's dry_run/status= applied to the inner zone")
+    check(h.get("Retry-After") is not None, "no Retry-After")
+    # the outer level keeps its own parameters: spam allows 5, dry run
+    for i in range(7):
+        code, _, _ = env.get("/inh/x", client="inh-outer")
+        check(code == 200, f"outer dry run: request {i + 1} got {code}")
+
+
 async def reloaded(env, old):
     """Waits until the workers are two new ones (the old ones shut down or
     renamed themselves "worker process is shutting down")."""
@@ -1361,6 +1390,8 @@ TESTS = [
     ("split frame headers: held back until decided", t_split_headers),
     ("dry run", t_dry_run),
     ("status location", t_status),
+    ("parameters of an outer ratethrottle are not inherited with a zone",
+     t_param_inheritance),
     ("reload keeps state", t_reload),
     ("reload keeps state with 200 WebSockets open (W8)", t_reload_many),
     ("SIGKILL a worker: reaped", t_sigkill_worker),
