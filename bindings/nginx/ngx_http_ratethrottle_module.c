@@ -1231,16 +1231,24 @@ ngx_http_ratethrottle_status_handler(ngx_http_request_t *r)
 
 #if (NGX_HTTP_HEADERS)
     } else if (r->headers_in.accept != NULL) {
-        /* a Prometheus scraper asks for text/plain (or OpenMetrics) */
+        /*
+         * a Prometheus scraper asks for text/plain (or OpenMetrics) and
+         * never for JSON; a client that names application/json (such as
+         * "application/json, text/plain, *\/\*", the default of many HTTP
+         * libraries) gets JSON
+         */
         accept = &r->headers_in.accept->value;
 
-        if (ngx_strlcasestrn(accept->data, accept->data + accept->len,
-                             (u_char *) "text/plain", 10 - 1)
-            != NULL
-            || ngx_strlcasestrn(accept->data, accept->data + accept->len,
-                                (u_char *) "application/openmetrics-text",
-                                28 - 1)
-               != NULL)
+        if ((ngx_strlcasestrn(accept->data, accept->data + accept->len,
+                              (u_char *) "text/plain", 10 - 1)
+             != NULL
+             || ngx_strlcasestrn(accept->data, accept->data + accept->len,
+                                 (u_char *) "application/openmetrics-text",
+                                 28 - 1)
+                != NULL)
+            && ngx_strlcasestrn(accept->data, accept->data + accept->len,
+                                (u_char *) "application/json", 16 - 1)
+               == NULL)
         {
             prometheus = 1;
         }

@@ -1194,6 +1194,22 @@ async def t_status(env):
     check(code == 400, f"unknown format: {code}")
 
 
+async def t_status_accept_json(env):
+    """A client whose Accept names application/json as well as text/plain
+    (the default of axios and many other HTTP libraries) gets JSON; only a
+    scraper's Accept (text/plain or OpenMetrics, no JSON) gets Prometheus."""
+    for accept in ("application/json, text/plain, */*",
+                   "text/plain, application/json;q=0.9"):
+        req = urllib.request.Request(env.url("/rt-status/msg"),
+                                     headers={"Accept": accept})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            ctype = r.headers.get("Content-Type", "")
+            body = r.read()
+        check(ctype.startswith("application/json"),
+              f"Accept {accept!r} got {ctype}")
+        check(json.loads(body)["zone"] == "msg", "JSON body")
+
+
 async def t_param_inheritance(env):
     """`ratethrottle zone=spam status=418 dry_run` in /inh: its parameters
     belong to it; the nested location with its own `ratethrottle zone=inh`
@@ -1390,6 +1406,8 @@ TESTS = [
     ("split frame headers: held back until decided", t_split_headers),
     ("dry run", t_dry_run),
     ("status location", t_status),
+    ("status: an Accept naming application/json gets JSON",
+     t_status_accept_json),
     ("parameters of an outer ratethrottle are not inherited with a zone",
      t_param_inheritance),
     ("reload keeps state", t_reload),
