@@ -1,8 +1,8 @@
 //! The connection slab: fixed slots, generation-checked handles, and
 //! lock-free free lists.
 //!
-//! A handle is `(generation << 32) | (index + 1)`, so 0 is never valid. A
-//! slot's state word is
+//! A handle is `(generation << 32) | (index + 1)`, its high half XORed with
+//! the region's `handle_salt`, so 0 is never valid. A slot's state word is
 //!
 //! ```text
 //! 63   62   61        40 39        24 23             0
@@ -26,7 +26,8 @@
 //! (or just after giving it back) makes the count read one low until the
 //! client's connections close, never high, so no crash locks a client out.
 //! Two windows of a few instructions stay unrecoverable: a slot popped from
-//! a free list but not yet claimed, or being pushed back; a kill there loses
+//! a free list but not yet claimed (while [`prepare`] fills in its fields),
+//! or being pushed back; a kill there loses
 //! that one connection slot (never a client's count).
 //!
 //! Closing bumps the generation, so every older handle is refused. The
@@ -176,21 +177,19 @@ fn push(region: &Region, index: u32) {
     }
 }
 
-/// Takes a free slot, starting at the calling thread's lane, and claims it
-/// for `owner` (a `clock::process` token) with no client.
+/// Takes a free slot, starting at the calling thread's lane. The caller
+/// claims it at once with [`prepare`].
 #[inline(always)]
-pub(crate) fn alloc(region: &Region, owner: u64) -> Option<u32> {
+pub(crate) fn alloc(region: &Region) -> Option<u32> {
     let hint = thread_hint();
-    let index = (0..LANES).find_map(|i| pop(region, (hint + i) % LANES))?;
-    claim(region, index, owner, NO_CLIENT, 0);
-    Some(index)
+    (0..LANES).find_map(|i| pop(region, (hint + i) % LANES))
 }
 
 /// Marks slot `index` claimed by `owner` for `client` (whose live count the
 /// caller is about to raise), so that a survivor can finish the job if the
 /// owner dies; see the module docs.
 #[inline(always)]
-pub(crate) fn claim(region: &Region, index: u32, owner: u64, client: u32, epoch: u64) {
+fn claim(region: &Region, index: u32, owner: u64, client: u32, epoch: u64) {
     let slot = region.conn(index);
     let generation = state_generation(slot.state.load(Ordering::Relaxed));
     slot.owner.store(owner, Ordering::Relaxed);

@@ -91,7 +91,7 @@ impl Drop for Locked {
 }
 
 /// Whether the file holds a region whose format its process never finished
-/// (see [`crate::region::unfinished_format`]). Read with `pread`, not a
+/// (its head is [`crate::region::format_begun`]). Read with `pread`, not a
 /// mapping, so a file shorter than it claims cannot fault.
 fn unfinished(fd: libc::c_int, size: libc::off_t) -> bool {
     let mut head = [0u8; crate::region::HEAD_LEN];
@@ -100,7 +100,7 @@ fn unfinished(fd: libc::c_int, size: libc::off_t) -> bool {
     }
     // SAFETY: a descriptor we own and a writable buffer of head.len() bytes.
     let n = unsafe { libc::pread(fd, head.as_mut_ptr().cast(), head.len(), 0) };
-    n == head.len() as isize && crate::region::unfinished_format(&head)
+    n == head.len() as isize && head == crate::region::format_begun()
 }
 
 fn io_error(what: &'static str, path: &Path) -> Error {

@@ -153,7 +153,6 @@ fn judge(checks: &[Check]) -> Verdict {
     v
 }
 
-/// The decision for a failed check.
 /// A decision of a plain form (one that read the engine's coarse clock): a
 /// finite, non-zero wait gets [`clock::wait_margin_ms`], so that a client
 /// waiting it on a precise clock is not refused by the clock's lag.
@@ -165,6 +164,7 @@ fn on_engine_clock(mut d: Decision) -> Decision {
     d
 }
 
+/// The decision for a failed check.
 fn denial(c: &Check, retry_after_ms: u64) -> Decision {
     let (current, remaining) = c.budget(0);
     Decision { allowed: false, reason: c.reason, retry_after_ms, limit: c.limit, remaining, current }
@@ -457,7 +457,7 @@ impl Limiter {
             return None;
         }
         let token = process::token();
-        let index = conn::alloc(r, token)?;
+        let index = conn::alloc(r)?;
         conn::prepare(r, index, found.index, found.epoch, pos.id, now_ms, token);
         // AcqRel: as in `admit`.
         if slot.compare_exchange(w, counted_connect(&c, &rolled), Ordering::AcqRel, Ordering::Relaxed).is_err() {
@@ -479,7 +479,7 @@ impl Limiter {
             let Ok(found) = table::find_or_insert(r, h, client, pos) else {
                 return self.table_full(&snap, client, now_ms);
             };
-            let Some(index) = conn::alloc(r, token) else {
+            let Some(index) = conn::alloc(r) else {
                 return self.table_full(&snap, client, now_ms);
             };
             conn::prepare(r, index, found.index, found.epoch, pos.id, now_ms, token);
@@ -538,7 +538,7 @@ impl Limiter {
             r.count(|s| &s.connections_allowed, 1);
             let pos = Position::with(now_ms, &snap.window, snap.window_offset);
             let token = process::token();
-            let handle = conn::alloc(r, token).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, token));
+            let handle = conn::alloc(r).map(|i| conn::open(r, i, NO_CLIENT, 0, pos.id, now_ms, token));
             let d = Decision { allowed: true, ..d };
             let d = if snap.fail_open() { d } else { self.report(d, client, handle.unwrap_or(0), 1, now_ms) };
             return (d, handle.and_then(Conn::from_raw));

@@ -89,16 +89,15 @@ pub(crate) fn thread_hint() -> usize {
 const STATE_READY: u32 = 2;
 const STATE_INITIALIZING: u32 = 1;
 
-/// Bytes of a region's start that [`unfinished_format`] reads: the magic,
-/// the layout version and the state (the header's first three fields).
+/// Bytes of a region's start that [`format_begun`] gives: the magic, the
+/// layout version and the state (the header's first three fields).
 pub(crate) const HEAD_LEN: usize = 16;
 
 /// The first bytes of a region whose format has begun: no magic (it is
 /// stored last), this layout version, the state "initialising". A region
 /// file gets them before it is sized, and [`Region::init`] keeps them while
 /// it zeroes the rest, so a process killed at any point of a format leaves
-/// them (and [`unfinished_format`] tells them from a file of zeroes, which
-/// is not ours to overwrite).
+/// them, told apart from a file of zeroes, which is not ours to overwrite.
 pub(crate) fn format_begun() -> [u8; HEAD_LEN] {
     let mut head = [0u8; HEAD_LEN];
     head[8..12].copy_from_slice(&LAYOUT_VERSION.to_ne_bytes());
@@ -106,18 +105,11 @@ pub(crate) fn format_begun() -> [u8; HEAD_LEN] {
     head
 }
 
-/// Whether the first bytes of a region file are what a format of this
-/// layout version leaves when its process dies before finishing
-/// ([`format_begun`]).
-pub(crate) fn unfinished_format(head: &[u8; HEAD_LEN]) -> bool {
-    *head == format_begun()
-}
-
 pub(crate) const FLAG_FAIL_OPEN: u32 = 1;
 pub(crate) const FLAG_DRY_RUN: u32 = 2;
 
 /// The region header. Every field is atomic: other processes may read it.
-/// The first three fields' offsets are relied on by [`unfinished_format`].
+/// The first three fields' offsets are relied on by [`format_begun`].
 #[repr(C, align(64))]
 pub(crate) struct Header {
     pub magic: AtomicU64,
